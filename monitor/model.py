@@ -118,3 +118,39 @@ class StoredImage:
 
     scope: Scope
     image: FastLaunchImage
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedPoll:
+    """What the store did with one poll: the transitions it recorded (empty for a failed poll)."""
+
+    result: PollResult
+    transitions: tuple[Transition, ...]
+    upserts: int
+    removed: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One recorded transition, with the scope of its image and when the monitor saw it."""
+
+    scope: Scope
+    transition: Transition
+    observed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PollSummary:
+    """One recorded poll of a scope (`images` is `None` for a failed poll)."""
+
+    scope: Scope
+    started_at: datetime
+    duration_seconds: float
+    pages: int
+    images: int | None
+    error_code: str | None
+    error_message: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code is None

@@ -1,0 +1,310 @@
+"""Command line: argument parsing and output formatting only.
+
+Every command builds its objects from the settings and hands off to the modules that do the
+work. Errors leave as one line on stderr: exit 2 for bad usage or config, 1 for a runtime
+failure; never a traceback for either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from monitor import __version__
+from monitor.cycle import utc_now
+from monitor.durations import parse_duration
+from monitor.errors import ConfigError, MonitorError, SchemaBehindError
+from monitor.logs import LEVELS, setup_logging
+from monitor.model import HistoryEntry, PollSummary, StoredImage
+from monitor.settings import Settings, config_path, load_settings
+
+PROG = "fastlaunch-monitor"
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    """`2026-11-26T10:00:00.123Z`: UTC with milliseconds, as `--json` output promises."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Watch EC2 Windows fast launch images: history, alerts, Prometheus metrics.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", metavar="PATH", help="the TOML config file")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS)
+    parser.add_argument("--log-format", default="text", choices=("text", "json"))
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands.add_parser("run", help="the daemon: poll on an interval, serve /metrics")
+    commands.add_parser("poll", help="one poll cycle of every target now, then exit")
+    status = commands.add_parser("status", help="current images")
+    status.add_argument("--json", action="store_true")
+    history = commands.add_parser("history", help="transitions, newest first")
+    history.add_argument("image_id", nargs="?", metavar="IMAGE_ID")
+    history.add_argument("--since", type=_duration, metavar="DURATION", help='e.g. "1h", "7d"')
+    history.add_argument("--limit", type=_positive_int, default=100, metavar="N")
+    history.add_argument("--json", action="store_true")
+    commands.add_parser("check", help="validate config and database, DryRun every target")
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)
+    db_commands.add_parser("upgrade", help="apply the database migrations")
+    demo = commands.add_parser("demo", help="the whole daemon against the built-in simulator")
+    demo.add_argument("--duration", type=_duration, metavar="DURATION")
+    return parser
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+             for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _number(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _image_json(stored: StoredImage) -> dict[str, Any]:
+    image = stored.image
+    return {
+        "target": stored.scope.target,
+        "account_id": stored.scope.account_id,
+        "region": stored.scope.region,
+        "image_id": image.image_id,
+        "state": image.state,
+        "state_transition_reason": image.state_transition_reason,
+        "state_transition_time": rfc3339(image.state_transition_time),
+        "resource_type": image.resource_type,
+        "target_resource_count": image.target_resource_count,
+        "max_parallel_launches": image.max_parallel_launches,
+        "owner_id": image.owner_id,
+        "launch_template": {
+            "id": image.launch_template_id,
+            "name": image.launch_template_name,
+            "version": image.launch_template_version,
+        },
+    }
+
+
+def _poll_json(poll: PollSummary) -> dict[str, Any]:
+    return {
+        "target": poll.scope.target,
+        "account_id": poll.scope.account_id,
+        "region": poll.scope.region,
+        "started_at": rfc3339(poll.started_at),
+        "duration_seconds": round(poll.duration_seconds, 3),
+        "pages": poll.pages,
+        "images": poll.images,
+        "ok": poll.ok,
+        "error_code": poll.error_code,
+        "error_message": poll.error_message,
+    }
+
+
+def _history_json(entry: HistoryEntry) -> dict[str, Any]:
+    t = entry.transition
+    return {
+        "target": entry.scope.target,
+        "account_id": entry.scope.account_id,
+        "region": entry.scope.region,
+        "image_id": t.image_id,
+        "previous_state": t.previous_state,
+        "state": t.new_state,
+        "state_transition_time": rfc3339(t.transition_time),
+        "state_transition_reason": t.reason,
+        "observed_at": rfc3339(entry.observed_at),
+    }
+
+
+def _print_json(document: object) -> None:
+    json.dump(document, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _open_read_only(settings: Settings) -> Any:
+    """The store for commands that only read: never creates or migrates a database."""
+    from monitor.store import Store, create_engine_for, ensure_schema_current
+
+    url = make_url(settings.database.url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        raise SchemaBehindError(
+            f"no database at {url.database} yet: start the daemon or run `{PROG} db upgrade`"
+        )
+    engine = create_engine_for(settings.database.url)
+    ensure_schema_current(engine)
+    return Store(engine)
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    store = _open_read_only(settings)
+    images = sorted(
+        store.current_images(),
+        key=lambda s: (s.scope.target, s.scope.region, s.image.image_id),
+    )
+    polls = store.latest_polls()
+    if args.json:
+        _print_json({"images": [_image_json(i) for i in images],
+                     "polls": [_poll_json(p) for p in polls]})
+        return 0
+    rows = [
+        (s.scope.target, s.scope.region, s.image.image_id, s.image.state,
+         rfc3339(s.image.state_transition_time) or "-",
+         _number(s.image.target_resource_count), _number(s.image.max_parallel_launches))
+        for s in images
+    ]
+    header = ("TARGET", "REGION", "IMAGE", "STATE", "SINCE", "TARGET_RESOURCES", "MAX_PARALLEL")
+    print(_table(rows, header) if rows else "no fast launch images recorded yet")
+    for poll in polls:
+        outcome = "ok" if poll.ok else f"FAILED {poll.error_code}"
+        print(f"last poll {poll.scope.target}/{poll.scope.region}: {outcome} at "
+              f"{rfc3339(poll.started_at)}")
+    return 0
+
+
+def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
+    store = _open_read_only(settings)
+    since = None if args.since is None else utc_now() - timedelta(seconds=args.since)
+    entries = store.history(image_id=args.image_id, since=since, limit=args.limit)
+    if args.json:
+        _print_json({"transitions": [_history_json(e) for e in entries]})
+        return 0
+    rows = [
+        (rfc3339(e.transition.transition_time) or "-", e.scope.target, e.scope.region,
+         e.transition.image_id, e.transition.previous_state or "(new)", e.transition.new_state,
+         e.transition.reason)
+        for e in entries
+    ]
+    header = ("TIME", "TARGET", "REGION", "IMAGE", "FROM", "TO", "REASON")
+    print(_table(rows, header) if rows else "no transitions recorded")
+    return 0
+
+
+def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
+    from monitor.daemon import open_runtime
+
+    runtime = open_runtime(settings)
+    try:
+        result = runtime.cycle.run()
+    finally:
+        runtime.close()
+    for applied in result.polls:
+        poll = applied.result
+        where = f"{poll.scope.target or '?'}/{poll.scope.region}"
+        if poll.ok:
+            print(f"{where}: ok, {len(poll.images or ())} images in {poll.pages} pages, "
+                  f"{len(applied.transitions)} transitions, {poll.duration_seconds:.2f}s")
+        else:
+            print(f"{where}: FAILED {poll.error_code}: {poll.error_message}")
+    print(result.summary())
+    return 1 if result.failed else 0
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from monitor.daemon import build_sources
+    from monitor.errors import SourceError
+    from monitor.store import create_engine_for, current_revision, head_revision
+
+    print(f"config {settings.source}: ok")
+    ok = True
+    engine = create_engine_for(settings.database.url)
+    try:
+        revision = current_revision(engine)
+        schema = "current" if revision == head_revision() else (
+            f"behind (at {revision or 'empty'}): `{PROG} db upgrade` or the daemon applies it"
+        )
+        print(f"database {settings.database.safe_url}: ok, schema {schema}")
+    except MonitorError as exc:
+        print(f"database {settings.database.safe_url}: FAILED {exc}")
+        ok = False
+    finally:
+        engine.dispose()
+    for source in build_sources(settings):
+        try:
+            account = source.account_id()
+        except SourceError as exc:
+            print(f"target {source.key}: FAILED {exc}")
+            ok = False
+            continue
+        outcomes = [(region, source.check(region)) for region in source.regions]
+        ok = ok and all(o.permitted for _, o in outcomes)
+        regions = ", ".join(f"{region} {o.detail}" for region, o in outcomes)
+        print(f"target {source.key} ({account}): {regions}")
+    return 0 if ok else 1
+
+
+def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
+    from monitor.store import create_engine_for, head_revision, upgrade
+
+    engine = create_engine_for(settings.database.url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    print(f"database {settings.database.safe_url}: at revision {head_revision()}")
+    return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from monitor.daemon import run_daemon
+
+    return run_daemon(settings)
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "poll": cmd_poll,
+    "status": cmd_status,
+    "history": cmd_history,
+    "check": cmd_check,
+    "db": cmd_db,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        if args.command == "demo":
+            # The demo builds its own settings: it must work on a laptop with no config at all.
+            from monitor.demo import run_demo
+
+            return run_demo(duration=args.duration)
+        settings = load_settings(config_path(args.config, os.environ), os.environ)
+        return COMMANDS[args.command](settings, args)
+    except ConfigError as exc:
+        print(f"{PROG}: config error: {exc}", file=sys.stderr)
+        return 2
+    except MonitorError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,171 @@
+"""One poll cycle: every (target, region) scope polled, normalised, diffed and persisted.
+
+The pipe of one scope is straight: describe (AWS) → normalise → store (diff against the stored
+state and persist, in one transaction) → current state and metrics. One scope's failure is
+recorded and counted and never holds up the others; a failed poll changes no image.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from monitor.aws import TargetSource
+from monitor.current import CurrentState
+from monitor.errors import SourceError, StoreError
+from monitor.metrics import MonitorMetrics
+from monitor.model import AppliedPoll, PollResult
+from monitor.normalise import normalise_images
+from monitor.store import Store
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The wall clock, as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class CycleResult:
+    """Every scope's applied poll of one cycle, in the order the scopes are configured."""
+
+    polls: tuple[AppliedPoll, ...]
+
+    @property
+    def failed(self) -> tuple[AppliedPoll, ...]:
+        return tuple(p for p in self.polls if not p.result.ok)
+
+    @property
+    def transitions(self) -> int:
+        return sum(len(p.transitions) for p in self.polls)
+
+    def summary(self) -> str:
+        """One line for logs, `poll` output and the systemd status."""
+        images = sum(len(p.result.images or ()) for p in self.polls)
+        return (
+            f"{len(self.polls)} scopes polled, {len(self.failed)} failed, "
+            f"{images} images, {self.transitions} transitions"
+        )
+
+
+class Cycle:
+    """Polls every scope of `sources`, at most `max_concurrency` at once.
+
+    `stop` lets a shutdown skip the scopes not started yet; those in flight finish.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[TargetSource],
+        store: Store,
+        current: CurrentState,
+        metrics: MonitorMetrics,
+        *,
+        max_concurrency: int,
+        clock: Clock = utc_now,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self._sources = tuple(sources)
+        self._store = store
+        self._current = current
+        self._metrics = metrics
+        self._clock = clock
+        self._stop = stop or threading.Event()
+        self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="poll")
+        self._warned_states: set[str] = set()
+        self._warned_lock = threading.Lock()
+        self._last_success: dict[tuple[str, str], datetime] = {}
+
+    @property
+    def expected(self) -> tuple[tuple[str, str], ...]:
+        """Every (target key, region) the cycle polls; readiness expects a success for each."""
+        return tuple((s.key, region) for s in self._sources for region in s.regions)
+
+    def last_success(self) -> dict[tuple[str, str], datetime]:
+        """When each (target key, region) last had a successful, persisted poll."""
+        return dict(self._last_success)
+
+    def run(self) -> CycleResult:
+        """Run one cycle now and wait for it; what the scheduler and `poll` call."""
+        futures = [
+            self._executor.submit(self.poll_scope, source, region)
+            for source in self._sources
+            for region in source.regions
+        ]
+        polls = [f.result() for f in futures]
+        return CycleResult(tuple(p for p in polls if p is not None))
+
+    def close(self) -> None:
+        """Stop the worker threads; scopes not started yet are dropped."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _warn_unknown_state(self, state: str) -> None:
+        with self._warned_lock:
+            if state in self._warned_states:
+                return
+            self._warned_states.add(state)
+        log.warning("unknown fast launch state %r: kept as text", state)
+
+    def _fetch(self, source: TargetSource, region: str) -> PollResult:
+        started_at = self._clock()
+        started = time.monotonic()
+        pages = 0
+        try:
+            source.account_id()
+            raw, pages = source.describe(region)
+            images = normalise_images(raw, self._warn_unknown_state)
+        except SourceError as exc:
+            log.warning(
+                "poll of %s/%s failed: %s", source.key, region, exc,
+                extra={"target": source.key, "region": region},
+            )
+            return PollResult(
+                scope=source.scope(region),
+                started_at=started_at,
+                duration_seconds=time.monotonic() - started,
+                pages=pages,
+                images=None,
+                error_code=exc.code,
+                error_message=exc.message,
+            )
+        return PollResult(
+            scope=source.scope(region),
+            started_at=started_at,
+            duration_seconds=time.monotonic() - started,
+            pages=pages,
+            images=images,
+        )
+
+    def poll_scope(self, source: TargetSource, region: str) -> AppliedPoll | None:
+        """Poll and persist one scope; `None` if a shutdown skipped it."""
+        if self._stop.is_set():
+            return None
+        result = self._fetch(source, region)
+        try:
+            applied = self._store.apply_poll(result, observed_at=self._clock())
+        except StoreError as exc:
+            log.error(
+                "could not record the poll of %s/%s: %s", source.key, region, exc,
+                extra={"target": source.key, "region": region},
+            )
+            failed = replace(result, images=None, error_code="StoreError", error_message=str(exc))
+            applied = AppliedPoll(result=failed, transitions=(), upserts=0, removed=0)
+        if applied.result.ok:
+            self._current.replace_scope(result.scope, result.images or ())
+            self._last_success[(source.key, region)] = result.started_at
+        self._metrics.poll_finished(applied.result, applied.transitions)
+        for transition in applied.transitions:
+            log.info(
+                "%s/%s %s: %s -> %s", source.key, region, transition.image_id,
+                transition.previous_state or "(new)", transition.new_state,
+                extra={"target": source.key, "region": region, "image": transition.image_id},
+            )
+        return applied

@@ -1,0 +1,189 @@
+"""The database schema, defined once with SQLAlchemy Core.
+
+The Alembic migrations in `migrations/` create and change it; `alembic check` compares them with
+this module, so the two cannot drift apart unnoticed. The naming convention, and explicit names
+for every constraint or index over several columns, keep constraint names the same on SQLite and
+PostgreSQL (PostgreSQL would otherwise truncate long generated names).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+NAMING_CONVENTION: dict[str, str] = {
+    "pk": "pk_%(table_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back as an aware UTC `datetime`.
+
+    PostgreSQL keeps it as `timestamptz`. SQLite has no time zones: the value is stored as naive
+    UTC text, which SQLAlchemy writes with microseconds, so it sorts and compares correctly.
+    A naive `datetime` given to it is taken to be UTC already.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(DateTime())
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return aware.replace(tzinfo=None) if dialect.name == "sqlite" else aware
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite only makes an INTEGER PRIMARY KEY an auto-incrementing rowid; PostgreSQL gets 64 bits.
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+images = Table(
+    "images",
+    metadata,
+    Column("account_id", String(), nullable=False),
+    Column("region", String(), nullable=False),
+    Column("image_id", String(), nullable=False),
+    Column("target", String(), nullable=False),
+    Column("state", String(), nullable=False),
+    Column("state_transition_reason", Text(), nullable=False),
+    Column("state_transition_time", UTCDateTime(), nullable=True),
+    Column("resource_type", String(), nullable=True),
+    Column("target_resource_count", Integer(), nullable=True),
+    Column("max_parallel_launches", Integer(), nullable=True),
+    Column("owner_id", String(), nullable=True),
+    Column("launch_template_id", String(), nullable=True),
+    Column("launch_template_name", String(), nullable=True),
+    Column("launch_template_version", String(), nullable=True),
+    Column("first_seen_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    # An image is identified by (account, region, image id): the key is the unique constraint.
+    PrimaryKeyConstraint("account_id", "region", "image_id"),
+)
+
+polls = Table(
+    "polls",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("target", String(), nullable=False),
+    Column("account_id", String(), nullable=False),
+    Column("region", String(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("duration_seconds", Float(), nullable=False),
+    Column("pages", Integer(), nullable=False),
+    # NULL for a failed poll: it says nothing about how many images there are.
+    Column("images", Integer(), nullable=True),
+    Column("outcome", String(), nullable=False),
+    Column("error_code", String(), nullable=True),
+    Column("error_message", Text(), nullable=True),
+    CheckConstraint("outcome IN ('ok', 'error')", name="outcome"),
+    Index("ix_polls_scope_started_at", "target", "account_id", "region", "started_at"),
+)
+
+history = Table(
+    "history",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("target", String(), nullable=False),
+    Column("account_id", String(), nullable=False),
+    Column("region", String(), nullable=False),
+    Column("image_id", String(), nullable=False),
+    Column("previous_state", String(), nullable=True),
+    Column("new_state", String(), nullable=False),
+    Column("transition_time", UTCDateTime(), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Column("observed_at", UTCDateTime(), nullable=False),
+    Column("poll_id", _ID, ForeignKey("polls.id"), nullable=False),
+    # The same transition seen twice (a poll applied again, two instances racing) records once.
+    UniqueConstraint(
+        "account_id",
+        "region",
+        "image_id",
+        "new_state",
+        "transition_time",
+        name="uq_history_transition",
+    ),
+    Index("ix_history_transition_time", "transition_time"),
+    Index("ix_history_image_id_transition_time", "image_id", "transition_time"),
+    Index("ix_history_poll_id", "poll_id"),
+)
+
+alert_outbox = Table(
+    "alert_outbox",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("event_id", String(), nullable=False, unique=True),
+    Column("receiver", String(), nullable=False),
+    Column("target", String(), nullable=False),
+    Column("account_id", String(), nullable=False),
+    Column("region", String(), nullable=False),
+    Column("image_id", String(), nullable=False),
+    Column("kind", String(), nullable=False),
+    Column("status", String(), nullable=False),
+    Column("state", String(), nullable=False),
+    Column("transition_time", UTCDateTime(), nullable=False),
+    Column("payload", Text(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("attempts", Integer(), nullable=False, server_default=text("0")),
+    Column("lease_until", UTCDateTime(), nullable=True),
+    Column("delivered_at", UTCDateTime(), nullable=True),
+    Column("failed_at", UTCDateTime(), nullable=True),
+    Column("last_error", Text(), nullable=True),
+    CheckConstraint("kind IN ('failed', 'stuck')", name="kind"),
+    CheckConstraint("status IN ('firing', 'resolved')", name="status"),
+    # One alert per receiver and transition, whatever retries or races happen upstream.
+    UniqueConstraint(
+        "receiver",
+        "account_id",
+        "region",
+        "image_id",
+        "kind",
+        "state",
+        "transition_time",
+        "status",
+        name="uq_alert_outbox_alert",
+    ),
+    # The dispatcher only ever looks for undelivered, unfailed rows that are due.
+    Index(
+        "ix_alert_outbox_due",
+        "next_attempt_at",
+        sqlite_where=text("delivered_at IS NULL AND failed_at IS NULL"),
+        postgresql_where=text("delivered_at IS NULL AND failed_at IS NULL"),
+    ),
+)
