@@ -1,0 +1,142 @@
+"""Opening the database: engine setup per dialect, and its errors told without secrets.
+
+SQLite is tuned for one writing daemon and a few reading CLI commands: WAL so readers never
+block the writer, a busy timeout so short lock waits are not errors, foreign keys enforced, and
+write transactions that start with `BEGIN IMMEDIATE` so two writers queue for the lock at the
+start instead of failing half way with "database is locked". Reads keep a deferred `BEGIN`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy import URL, Connection, Engine, event, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from monitor.errors import StoreError
+
+#: The execution option that makes a SQLite transaction begin IMMEDIATE (see `writer`).
+WRITE_OPTION = "fastlaunch_monitor_write"
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+POSTGRES_CONNECT_TIMEOUT_S = 10
+
+
+def describe_url(url: URL) -> str:
+    """Name a database by its scheme, host and name only: never its user or password."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return f"sqlite database {url.database or ':memory:'}"
+    where = url.host or "local socket"
+    if url.port is not None:
+        where = f"{where}:{url.port}"
+    name = f"{backend} database {url.database}" if url.database else f"{backend} database"
+    return f"{name} on {where}"
+
+
+def create_engine_for(url: str) -> Engine:
+    """Return an engine for a `sqlite:///path` or `postgresql+psycopg://...` URL.
+
+    Raises `StoreError` for a URL that cannot be parsed, an unsupported scheme, a missing driver,
+    or (SQLite) a folder that does not exist; the file itself is created on first use.
+    Nothing connects yet.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # SQLAlchemy's message repeats the URL, password included.
+        raise StoreError("the database URL cannot be parsed") from None
+    backend = parsed.get_backend_name()
+    try:
+        if backend == "sqlite":
+            return _sqlite_engine(parsed)
+        if backend == "postgresql":
+            return _postgres_engine(parsed)
+    except NoSuchModuleError:
+        raise StoreError(f"no driver for {parsed.drivername} database URLs") from None
+    except ModuleNotFoundError as exc:
+        raise StoreError(
+            f"the driver for {describe_url(parsed)} is not installed ({exc.name}); "
+            "install fastlaunch-monitor[postgres]"
+        ) from None
+    raise StoreError(
+        f"unsupported database {parsed.drivername!r}: use sqlite:///PATH or postgresql+psycopg://"
+    )
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    database = url.database or ""
+    in_memory = database in ("", ":memory:") or url.query.get("mode") == "memory"
+    if not in_memory and not url.query.get("uri"):
+        folder = Path(database).absolute().parent
+        if not folder.is_dir():
+            raise StoreError(f"the folder of the sqlite database does not exist: {folder}")
+    engine = sqlalchemy.create_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take BEGIN over from the sqlite3 module, which would skip it before DDL and reads.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                # WAL makes NORMAL durable across application crashes, and much faster.
+                cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _postgres_engine(url: URL) -> Engine:
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
+    return sqlalchemy.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def writer(engine: Engine) -> Engine:
+    """Return `engine` set up so that each transaction it begins is a write transaction.
+
+    On SQLite that is `BEGIN IMMEDIATE`; elsewhere it changes nothing. The returned engine
+    shares the pool of `engine`.
+    """
+    return engine.execution_options(**{WRITE_OPTION: True})
+
+
+@contextmanager
+def database_errors(engine: Engine, action: str) -> Iterator[None]:
+    """Turn SQLAlchemy errors raised inside into a `StoreError` saying what failed and where.
+
+    The message names the database by `describe_url` and gives the driver's first line of
+    explanation, never the SQL parameters or the password.
+    """
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise StoreError(
+            f"{action} failed on {describe_url(engine.url)}: {_reason(exc, engine.url)}"
+        ) from exc
+
+
+def _reason(exc: SQLAlchemyError, url: URL) -> str:
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        lines = str(exc.orig).strip().splitlines()
+        detail = f"{type(exc.orig).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    else:
+        detail = type(exc).__name__
+    if url.password:
+        detail = detail.replace(str(url.password), "***")
+    return detail

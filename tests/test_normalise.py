@@ -1,0 +1,87 @@
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from monitor.errors import SourceError
+from monitor.normalise import normalise_image, normalise_images
+
+FULL_ITEM = {
+    "ImageId": "ami-0123456789abcdef0",
+    "ResourceType": "snapshot",
+    "SnapshotConfiguration": {"TargetResourceCount": 5},
+    "LaunchTemplate": {"LaunchTemplateId": "lt-0abc", "LaunchTemplateName": "win", "Version": "3"},
+    "MaxParallelLaunches": 6,
+    "OwnerId": "123456789012",
+    "State": "enabled",
+    "StateTransitionReason": "Client.UserInitiated",
+    "StateTransitionTime": datetime(2026, 11, 26, 10, 0, 0, 123000, tzinfo=UTC),
+}
+
+
+def test_a_full_item_keeps_every_field():
+    image = normalise_image(FULL_ITEM)
+    assert image.image_id == "ami-0123456789abcdef0"
+    assert image.state == "enabled"
+    assert image.state_transition_reason == "Client.UserInitiated"
+    assert image.resource_type == "snapshot"
+    assert image.target_resource_count == 5
+    assert image.max_parallel_launches == 6
+    assert image.owner_id == "123456789012"
+    assert (image.launch_template_id, image.launch_template_name) == ("lt-0abc", "win")
+    assert image.launch_template_version == "3"
+
+
+def test_transition_time_is_utc_and_keeps_its_milliseconds():
+    cet = timezone(timedelta(hours=1))
+    item = {**FULL_ITEM, "StateTransitionTime": datetime(2026, 11, 26, 11, 0, 0, 456000, cet)}
+    when = normalise_image(item).state_transition_time
+    assert when == datetime(2026, 11, 26, 10, 0, 0, 456000, tzinfo=UTC)
+    assert when is not None and when.utcoffset() == timedelta(0)
+
+
+def test_a_naive_transition_time_is_taken_as_utc():
+    item = {**FULL_ITEM, "StateTransitionTime": datetime(2026, 11, 26, 10, 0, 0, 1000)}
+    assert normalise_image(item).state_transition_time == datetime(
+        2026, 11, 26, 10, 0, 0, 1000, tzinfo=UTC
+    )
+
+
+def test_a_shared_ami_with_empty_snapshot_configuration_and_owner_is_not_an_error():
+    item = {**FULL_ITEM, "SnapshotConfiguration": {}, "OwnerId": ""}
+    image = normalise_image(item)
+    assert image.target_resource_count is None
+    assert image.owner_id is None
+
+
+def test_missing_optional_fields_become_none():
+    image = normalise_image({"ImageId": "ami-1", "State": "enabling"})
+    assert image.target_resource_count is None
+    assert image.max_parallel_launches is None
+    assert image.launch_template_id is None
+    assert image.state_transition_time is None
+    assert image.state_transition_reason == ""
+
+
+def test_a_launch_template_named_only_by_name_keeps_the_name():
+    item = {**FULL_ITEM, "LaunchTemplate": {"LaunchTemplateName": "win", "Version": "1"}}
+    image = normalise_image(item)
+    assert image.launch_template_id is None
+    assert image.launch_template_name == "win"
+
+
+def test_an_item_without_image_id_is_an_invalid_response():
+    with pytest.raises(SourceError) as caught:
+        normalise_image({"State": "enabled"})
+    assert caught.value.code == "InvalidResponse"
+
+
+def test_an_unknown_state_is_kept_as_text_and_reported_once():
+    heard: list[str] = []
+    items = [
+        {"ImageId": "ami-1", "State": "hibernating"},
+        {"ImageId": "ami-2", "State": "hibernating"},
+        {"ImageId": "ami-3", "State": "enabled"},
+    ]
+    images = normalise_images(items, heard.append)
+    assert [i.state for i in images] == ["hibernating", "hibernating", "enabled"]
+    assert heard == ["hibernating"]
