@@ -83,6 +83,8 @@ class Cycle:
         self._warned_states: set[str] = set()
         self._warned_lock = threading.Lock()
         self._last_success: dict[tuple[str, str], datetime] = {}
+        self._owners: dict[tuple[str, str], str] = {}
+        self._owners_lock = threading.Lock()
 
     @property
     def expected(self) -> tuple[tuple[str, str], ...]:
@@ -119,7 +121,7 @@ class Cycle:
         started = time.monotonic()
         pages = 0
         try:
-            source.account_id()
+            self._claim(source, region)
             raw, pages = source.describe(region)
             images = normalise_images(raw, self._warn_unknown_state)
         except SourceError as exc:
@@ -143,6 +145,19 @@ class Cycle:
             pages=pages,
             images=images,
         )
+
+    def _claim(self, source: TargetSource, region: str) -> None:
+        # Two targets reaching the same account and region would each see the other's images
+        # as removed; the first to claim it polls it, the other fails with a clear error.
+        key = (source.account_id(), region)
+        with self._owners_lock:
+            owner = self._owners.setdefault(key, source.key)
+        if owner != source.key:
+            raise SourceError(
+                "DuplicateScope",
+                f"target {source.key} reaches account {key[0]} in {region} like target "
+                f"{owner}; remove one of them",
+            )
 
     def poll_scope(self, source: TargetSource, region: str) -> AppliedPoll | None:
         """Poll and persist one scope; `None` if a shutdown skipped it."""

@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from monitor.aws import TargetSource
 from monitor.current import CurrentState
 from monitor.cycle import Clock, Cycle, CycleResult, utc_now
-from monitor.errors import ConfigError, StoreError
+from monitor.errors import StoreError
 from monitor.http import HttpServer, Readiness, serve
 from monitor.metrics import MonitorMetrics, build_registry
 from monitor.settings import Settings
@@ -39,12 +39,7 @@ STOP_BOUND_SECONDS = 8.0
 
 def build_sources(settings: Settings) -> list[TargetSource]:
     """One `TargetSource` per configured target; raises `ConfigError` for unusable targets."""
-    sources = [TargetSource(i, t, settings.aws) for i, t in enumerate(settings.targets)]
-    keys = [s.key for s in sources]
-    for key in keys:
-        if keys.count(key) > 1:
-            raise ConfigError(settings.source, "targets", f'two targets are named "{key}"')
-    return sources
+    return [TargetSource(i, t, settings.aws) for i, t in enumerate(settings.targets)]
 
 
 @dataclass(slots=True)

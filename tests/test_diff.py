@@ -69,7 +69,10 @@ def test_an_image_no_longer_listed_is_removed():
     assert diff.removed == ("ami-2",)
     (t,) = diff.transitions
     assert (t.image_id, t.previous_state, t.new_state, t.transition_time) == (
-        "ami-2", "enabled", REMOVED, NOW,
+        "ami-2",
+        "enabled",
+        REMOVED,
+        NOW,
     )
 
 
@@ -109,7 +112,9 @@ def test_replaying_recorded_transitions_over_the_first_poll_yields_the_last(poll
                 replayed[t.image_id] = (t.new_state, t.transition_time)
         stored = {i: img for i, img in stored.items() if i not in diff.removed}
         stored.update(by_id(*diff.upserts))
-    last = {i: (img.state, img.state_transition_time) for i, img in by_id(*as_images(polls[-1])).items()}
+    last = {
+        i: (img.state, img.state_transition_time) for i, img in by_id(*as_images(polls[-1])).items()
+    }
     assert replayed == last
     assert stored == by_id(*as_images(polls[-1]))
 

@@ -16,6 +16,7 @@ branch_labels: str | None = None
 depends_on: str | None = None
 
 # Frozen here on purpose: a migration must keep meaning what it meant when it was written.
+# Names are final (`op.f`): the naming convention of the metadata must not rename them.
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _TIME = sa.DateTime(timezone=True)
 _UNDELIVERED = sa.text("delivered_at IS NULL AND failed_at IS NULL")
@@ -40,7 +41,7 @@ def upgrade() -> None:
         sa.Column("launch_template_version", sa.String(), nullable=True),
         sa.Column("first_seen_at", _TIME, nullable=False),
         sa.Column("updated_at", _TIME, nullable=False),
-        sa.PrimaryKeyConstraint("account_id", "region", "image_id", name="pk_images"),
+        sa.PrimaryKeyConstraint("account_id", "region", "image_id", name=op.f("pk_images")),
     )
     op.create_table(
         "polls",
@@ -55,11 +56,11 @@ def upgrade() -> None:
         sa.Column("outcome", sa.String(), nullable=False),
         sa.Column("error_code", sa.String(), nullable=True),
         sa.Column("error_message", sa.Text(), nullable=True),
-        sa.CheckConstraint("outcome IN ('ok', 'error')", name="ck_polls_outcome"),
-        sa.PrimaryKeyConstraint("id", name="pk_polls"),
+        sa.CheckConstraint("outcome IN ('ok', 'error')", name=op.f("ck_polls_outcome")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_polls")),
     )
     op.create_index(
-        "ix_polls_scope_started_at", "polls", ["target", "account_id", "region", "started_at"]
+        op.f("ix_polls_scope_started_at"), "polls", ["target", "account_id", "region", "started_at"]
     )
     op.create_table(
         "history",
@@ -74,22 +75,22 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("observed_at", _TIME, nullable=False),
         sa.Column("poll_id", _ID, nullable=False),
-        sa.ForeignKeyConstraint(["poll_id"], ["polls.id"], name="fk_history_poll_id_polls"),
-        sa.PrimaryKeyConstraint("id", name="pk_history"),
+        sa.ForeignKeyConstraint(["poll_id"], ["polls.id"], name=op.f("fk_history_poll_id_polls")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_history")),
         sa.UniqueConstraint(
             "account_id",
             "region",
             "image_id",
             "new_state",
             "transition_time",
-            name="uq_history_transition",
+            name=op.f("uq_history_transition"),
         ),
     )
-    op.create_index("ix_history_transition_time", "history", ["transition_time"])
+    op.create_index(op.f("ix_history_transition_time"), "history", ["transition_time"])
     op.create_index(
-        "ix_history_image_id_transition_time", "history", ["image_id", "transition_time"]
+        op.f("ix_history_image_id_transition_time"), "history", ["image_id", "transition_time"]
     )
-    op.create_index("ix_history_poll_id", "history", ["poll_id"])
+    op.create_index(op.f("ix_history_poll_id"), "history", ["poll_id"])
     op.create_table(
         "alert_outbox",
         sa.Column("id", _ID, autoincrement=True, nullable=False),
@@ -111,10 +112,10 @@ def upgrade() -> None:
         sa.Column("delivered_at", _TIME, nullable=True),
         sa.Column("failed_at", _TIME, nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
-        sa.CheckConstraint("kind IN ('failed', 'stuck')", name="ck_alert_outbox_kind"),
-        sa.CheckConstraint("status IN ('firing', 'resolved')", name="ck_alert_outbox_status"),
-        sa.PrimaryKeyConstraint("id", name="pk_alert_outbox"),
-        sa.UniqueConstraint("event_id", name="uq_alert_outbox_event_id"),
+        sa.CheckConstraint("kind IN ('failed', 'stuck')", name=op.f("ck_alert_outbox_kind")),
+        sa.CheckConstraint("status IN ('firing', 'resolved')", name=op.f("ck_alert_outbox_status")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_alert_outbox")),
+        sa.UniqueConstraint("event_id", name=op.f("uq_alert_outbox_event_id")),
         sa.UniqueConstraint(
             "receiver",
             "account_id",
@@ -124,11 +125,11 @@ def upgrade() -> None:
             "state",
             "transition_time",
             "status",
-            name="uq_alert_outbox_alert",
+            name=op.f("uq_alert_outbox_alert"),
         ),
     )
     op.create_index(
-        "ix_alert_outbox_due",
+        op.f("ix_alert_outbox_due"),
         "alert_outbox",
         ["next_attempt_at"],
         sqlite_where=_UNDELIVERED,

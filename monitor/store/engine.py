@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy
 from sqlalchemy import URL, Connection, Engine, event, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from monitor.errors import StoreError
 
@@ -41,23 +41,24 @@ def describe_url(url: URL) -> str:
 def create_engine_for(url: str) -> Engine:
     """Return an engine for a `sqlite:///path` or `postgresql+psycopg://...` URL.
 
+    `postgresql://` means psycopg 3 too.
+
     Raises `StoreError` for a URL that cannot be parsed, an unsupported scheme, a missing driver,
     or (SQLite) a folder that does not exist; the file itself is created on first use.
     Nothing connects yet.
     """
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         # SQLAlchemy's message repeats the URL, password included.
         raise StoreError("the database URL cannot be parsed") from None
-    backend = parsed.get_backend_name()
     try:
-        if backend == "sqlite":
+        if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
             return _sqlite_engine(parsed)
-        if backend == "postgresql":
-            return _postgres_engine(parsed)
-    except NoSuchModuleError:
-        raise StoreError(f"no driver for {parsed.drivername} database URLs") from None
+        if parsed.drivername in ("postgresql", "postgresql+psycopg"):
+            # psycopg 3 is the one PostgreSQL driver shipped (extra `postgres`), so a plain
+            # postgresql:// means it rather than SQLAlchemy's default of psycopg2.
+            return _postgres_engine(parsed.set(drivername="postgresql+psycopg"))
     except ModuleNotFoundError as exc:
         raise StoreError(
             f"the driver for {describe_url(parsed)} is not installed ({exc.name}); "
