@@ -14,7 +14,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
-from monitor.store.engine import create_engine_for, writer
+from monitor.store.engine import create_engine_for
+from monitor.store.migrations import migrating
 from monitor.store.schema import metadata
 
 config = context.config
@@ -69,7 +70,7 @@ def run_online() -> None:
         return
     engine = create_engine_for(_url())
     try:
-        with writer(engine).connect() as own_connection:
+        with migrating(engine) as own_connection:
             _migrate(own_connection)
     finally:
         engine.dispose()

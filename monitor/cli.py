@@ -83,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-             for row in [header, *rows]]
+    lines = [
+        "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
     return "\n".join(lines)
 
 
@@ -171,21 +173,30 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     )
     polls = store.latest_polls()
     if args.json:
-        _print_json({"images": [_image_json(i) for i in images],
-                     "polls": [_poll_json(p) for p in polls]})
+        _print_json(
+            {"images": [_image_json(i) for i in images], "polls": [_poll_json(p) for p in polls]}
+        )
         return 0
     rows = [
-        (s.scope.target, s.scope.region, s.image.image_id, s.image.state,
-         rfc3339(s.image.state_transition_time) or "-",
-         _number(s.image.target_resource_count), _number(s.image.max_parallel_launches))
+        (
+            s.scope.target,
+            s.scope.region,
+            s.image.image_id,
+            s.image.state,
+            rfc3339(s.image.state_transition_time) or "-",
+            _number(s.image.target_resource_count),
+            _number(s.image.max_parallel_launches),
+        )
         for s in images
     ]
     header = ("TARGET", "REGION", "IMAGE", "STATE", "SINCE", "TARGET_RESOURCES", "MAX_PARALLEL")
     print(_table(rows, header) if rows else "no fast launch images recorded yet")
     for poll in polls:
         outcome = "ok" if poll.ok else f"FAILED {poll.error_code}"
-        print(f"last poll {poll.scope.target}/{poll.scope.region}: {outcome} at "
-              f"{rfc3339(poll.started_at)}")
+        print(
+            f"last poll {poll.scope.target}/{poll.scope.region}: {outcome} at "
+            f"{rfc3339(poll.started_at)}"
+        )
     return 0
 
 
@@ -197,9 +208,15 @@ def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
         _print_json({"transitions": [_history_json(e) for e in entries]})
         return 0
     rows = [
-        (rfc3339(e.transition.transition_time) or "-", e.scope.target, e.scope.region,
-         e.transition.image_id, e.transition.previous_state or "(new)", e.transition.new_state,
-         e.transition.reason)
+        (
+            rfc3339(e.transition.transition_time) or "-",
+            e.scope.target,
+            e.scope.region,
+            e.transition.image_id,
+            e.transition.previous_state or "(new)",
+            e.transition.new_state,
+            e.transition.reason,
+        )
         for e in entries
     ]
     header = ("TIME", "TARGET", "REGION", "IMAGE", "FROM", "TO", "REASON")
@@ -219,8 +236,10 @@ def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
         poll = applied.result
         where = f"{poll.scope.target or '?'}/{poll.scope.region}"
         if poll.ok:
-            print(f"{where}: ok, {len(poll.images or ())} images in {poll.pages} pages, "
-                  f"{len(applied.transitions)} transitions, {poll.duration_seconds:.2f}s")
+            print(
+                f"{where}: ok, {len(poll.images or ())} images in {poll.pages} pages, "
+                f"{len(applied.transitions)} transitions, {poll.duration_seconds:.2f}s"
+            )
         else:
             print(f"{where}: FAILED {poll.error_code}: {poll.error_message}")
     print(result.summary())
@@ -237,8 +256,12 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     engine = create_engine_for(settings.database.url)
     try:
         revision = current_revision(engine)
-        schema = "current" if revision == head_revision() else (
-            f"behind (at {revision or 'empty'}): `{PROG} db upgrade` or the daemon applies it"
+        schema = (
+            "current"
+            if revision == head_revision()
+            else (
+                f"behind (at {revision or 'empty'}): `{PROG} db upgrade` or the daemon applies it"
+            )
         )
         print(f"database {settings.database.safe_url}: ok, schema {schema}")
     except MonitorError as exc:

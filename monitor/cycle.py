@@ -126,7 +126,10 @@ class Cycle:
             images = normalise_images(raw, self._warn_unknown_state)
         except SourceError as exc:
             log.warning(
-                "poll of %s/%s failed: %s", source.key, region, exc,
+                "poll of %s/%s failed: %s",
+                source.key,
+                region,
+                exc,
                 extra={"target": source.key, "region": region},
             )
             return PollResult(
@@ -168,7 +171,10 @@ class Cycle:
             applied = self._store.apply_poll(result, observed_at=self._clock())
         except StoreError as exc:
             log.error(
-                "could not record the poll of %s/%s: %s", source.key, region, exc,
+                "could not record the poll of %s/%s: %s",
+                source.key,
+                region,
+                exc,
                 extra={"target": source.key, "region": region},
             )
             failed = replace(result, images=None, error_code="StoreError", error_message=str(exc))
@@ -179,8 +185,12 @@ class Cycle:
         self._metrics.poll_finished(applied.result, applied.transitions)
         for transition in applied.transitions:
             log.info(
-                "%s/%s %s: %s -> %s", source.key, region, transition.image_id,
-                transition.previous_state or "(new)", transition.new_state,
+                "%s/%s %s: %s -> %s",
+                source.key,
+                region,
+                transition.image_id,
+                transition.previous_state or "(new)",
+                transition.new_state,
                 extra={"target": source.key, "region": region, "image": transition.image_id},
             )
         return applied

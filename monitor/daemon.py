@@ -93,9 +93,7 @@ class Daemon:
         self._rt = runtime
         self._interval = runtime.settings.monitor.interval
         self._jitter = runtime.settings.monitor.jitter
-        self._scheduler = BackgroundScheduler(
-            timezone=UTC, executors={"default": SchedulerPool(1)}
-        )
+        self._scheduler = BackgroundScheduler(timezone=UTC, executors={"default": SchedulerPool(1)})
         self._idle = threading.Event()
         self._idle.set()
         self._http: HttpServer | None = None
@@ -167,7 +165,9 @@ class Daemon:
         self._scheduler.start()
         log.info(
             "fastlaunch-monitor running: %d scopes every %ss, metrics at %s/metrics",
-            len(self._rt.cycle.expected), self._interval, self._http.url,
+            len(self._rt.cycle.expected),
+            self._interval,
+            self._http.url,
         )
 
     @property

@@ -36,7 +36,8 @@ def test_transition_time_is_utc_and_keeps_its_milliseconds():
     item = {**FULL_ITEM, "StateTransitionTime": datetime(2026, 11, 26, 11, 0, 0, 456000, cet)}
     when = normalise_image(item).state_transition_time
     assert when == datetime(2026, 11, 26, 10, 0, 0, 456000, tzinfo=UTC)
-    assert when is not None and when.utcoffset() == timedelta(0)
+    assert when is not None
+    assert when.utcoffset() == timedelta(0)
 
 
 def test_a_naive_transition_time_is_taken_as_utc():

@@ -11,13 +11,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from monitor.simulator.actions import DescribeRequest, DisableRequest, EnableRequest
 from monitor.simulator.backend import MotoEc2
-from monitor.simulator.simulator import (
-    DescribeRequest,
-    DisableRequest,
-    EnableRequest,
-    FastLaunchSimulator,
-)
+from monitor.simulator.simulator import FastLaunchSimulator
 from monitor.simulator.table import LaunchTemplateRef
 from monitor.simulator.wire import CONTENT_TYPE, Ec2Error, Reply, error_reply
 

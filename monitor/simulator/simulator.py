@@ -8,15 +8,27 @@ computed at the next call (nothing runs in the background).
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from fnmatch import fnmatchcase
 
 from monitor.simulator import reasons
+from monitor.simulator.actions import (
+    DEFAULT_TARGET_RESOURCE_COUNT,
+    MIN_PARALLEL_LAUNCHES,
+    RESOURCE_TYPE,
+    DescribeRequest,
+    DisableRequest,
+    EnableRequest,
+    check_describe,
+    check_image_id,
+    dry_run_error,
+    enable_settings,
+    invalid,
+    matcher,
+)
 from monitor.simulator.backend import MotoEc2
 from monitor.simulator.clock import SimulatorClock, shared_clock
 from monitor.simulator.paging import decode_token, encode_token, query_fingerprint
@@ -35,21 +47,8 @@ from monitor.simulator.wire import (
     image_reply,
 )
 
-DEFAULT_TARGET_RESOURCE_COUNT = 5
-MIN_PARALLEL_LAUNCHES = 6
-MAX_RESULTS = 200
-RESOURCE_TYPE = "snapshot"
-
 #: The owner of AMIs `seed(shared=True)` creates: another account that shares them.
 SHARING_ACCOUNT = "111122223333"
-
-_IMAGE_ID = re.compile(r"ami-[0-9a-f]+")
-
-_FILTER_FIELDS: dict[str, Callable[[SimulatedImage], str]] = {
-    "state": lambda image: image.state,
-    "owner-id": lambda image: image.owner_id,
-    "resource-type": lambda image: image.resource_type,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,68 +57,6 @@ class Timings:
 
     enabling_seconds: float = 60.0
     disabling_seconds: float = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class DescribeRequest:
-    """The parameters of one `DescribeFastLaunchImages` call."""
-
-    image_ids: tuple[str, ...] = ()
-    filters: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    max_results: int | None = None
-    next_token: str | None = None
-    dry_run: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class EnableRequest:
-    """The parameters of one `EnableFastLaunch` call."""
-
-    image_id: str
-    resource_type: str | None = None
-    target_resource_count: int | None = None
-    max_parallel_launches: int | None = None
-    launch_template: LaunchTemplateRef | None = None
-    dry_run: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class DisableRequest:
-    """The parameters of one `DisableFastLaunch` call."""
-
-    image_id: str
-    force: bool = False
-    dry_run: bool = False
-
-
-def _dry_run() -> Ec2Error:
-    return Ec2Error(
-        "DryRunOperation", "Request would have succeeded, but DryRun flag is set.", status=412
-    )
-
-
-def _invalid(message: str) -> Ec2Error:
-    return Ec2Error("InvalidParameterValue", message)
-
-
-def _matches(value: str, pattern: str) -> bool:
-    # EC2 filter values take * and ? wildcards.
-    if "*" in pattern or "?" in pattern:
-        return fnmatchcase(value, pattern)
-    return value == pattern
-
-
-def _matcher(
-    filters: Sequence[tuple[str, Sequence[str]]],
-) -> Callable[[SimulatedImage], bool]:
-    checks = [(_FILTER_FIELDS[name], tuple(values)) for name, values in filters if values]
-
-    def matches(image: SimulatedImage) -> bool:
-        return all(
-            any(_matches(field(image), value) for value in values) for field, values in checks
-        )
-
-    return matches
 
 
 class FastLaunchSimulator:
@@ -170,7 +107,7 @@ class FastLaunchSimulator:
                         status=403,
                     )
                 if request.dry_run:
-                    raise _dry_run()
+                    raise dry_run_error()
                 images, next_token = self._describe(request)
             except Ec2Error as error:
                 return error_reply(error)
@@ -180,7 +117,7 @@ class FastLaunchSimulator:
         """Answer `EnableFastLaunch`."""
         try:
             if request.dry_run:
-                raise _dry_run()
+                raise dry_run_error()
             image = self.enable(
                 request.image_id,
                 resource_type=request.resource_type,
@@ -196,7 +133,7 @@ class FastLaunchSimulator:
         """Answer `DisableFastLaunch`."""
         try:
             if request.dry_run:
-                raise _dry_run()
+                raise dry_run_error()
             image = self.disable(request.image_id, force=request.force)
         except Ec2Error as error:
             return error_reply(error)
@@ -221,30 +158,9 @@ class FastLaunchSimulator:
         rejects: an unknown AMI, fewer than 6 parallel launches, a resource type other than
         `snapshot`, an image still being disabled.
         """
-        resource_type = RESOURCE_TYPE if resource_type is None else resource_type
-        if resource_type != RESOURCE_TYPE:
-            raise _invalid(
-                f"Value ({resource_type}) for parameter ResourceType is invalid. "
-                f"Valid values: {RESOURCE_TYPE}."
-            )
-        parallel = MIN_PARALLEL_LAUNCHES if max_parallel_launches is None else max_parallel_launches
-        if parallel < MIN_PARALLEL_LAUNCHES:
-            raise _invalid(
-                f"Value ({parallel}) for parameter MaxParallelLaunches is invalid. "
-                f"The value must be {MIN_PARALLEL_LAUNCHES} or greater."
-            )
-        target = (
-            DEFAULT_TARGET_RESOURCE_COUNT
-            if target_resource_count is None
-            else target_resource_count
+        settings = enable_settings(
+            resource_type, target_resource_count, max_parallel_launches, launch_template
         )
-        if target < 1:
-            raise _invalid(
-                f"Value ({target}) for parameter SnapshotConfiguration.TargetResourceCount "
-                "is invalid. The value must be 1 or greater."
-            )
-        if launch_template is not None:
-            _check_launch_template(launch_template)
         with self._lock:
             now = self._settle()
             owner = self._ami_owner(image_id)
@@ -256,8 +172,8 @@ class FastLaunchSimulator:
                     f"({current.state}); it can be enabled again once that is done.",
                 )
             failure: str | None = None
-            if launch_template is not None:
-                template, failure = self._ec2.resolve_launch_template(launch_template)
+            if settings.launch_template is not None:
+                template, failure = self._ec2.resolve_launch_template(settings.launch_template)
             elif current is not None and current.launch_template is not None:
                 template = current.launch_template
             else:
@@ -269,9 +185,9 @@ class FastLaunchSimulator:
                 state_transition_reason=reasons.USER_INITIATED,
                 state_transition_time=now,
                 owner_id="" if shared else owner,
-                resource_type=resource_type,
-                target_resource_count=None if shared else target,
-                max_parallel_launches=parallel,
+                resource_type=settings.resource_type,
+                target_resource_count=None if shared else settings.target_resource_count,
+                max_parallel_launches=settings.max_parallel_launches,
                 launch_template=template,
             )
             self._table.put(image)
@@ -294,7 +210,7 @@ class FastLaunchSimulator:
             self._ami_owner(image_id)
             current = self._table.get(image_id)
             if current is None:
-                raise _invalid(f"Windows fast launch is not enabled for image {image_id}.")
+                raise invalid(f"Windows fast launch is not enabled for image {image_id}.")
             if current.state == "disabling" and not force:
                 return current
             image = current
@@ -505,58 +421,24 @@ class FastLaunchSimulator:
         return now
 
     def _ami_owner(self, image_id: str) -> str:
-        _check_image_id(image_id)
+        check_image_id(image_id)
         owner = self._ec2.image_owner(image_id)
         if owner is None:
             raise Ec2Error("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
         return owner
 
     def _describe(self, request: DescribeRequest) -> tuple[list[SimulatedImage], str | None]:
-        limit = request.max_results
-        if limit is not None and not 1 <= limit <= MAX_RESULTS:
-            raise _invalid(
-                f"Value ({limit}) for parameter MaxResults is invalid. "
-                f"Expecting a value between 1 and {MAX_RESULTS}."
-            )
-        for name, _ in request.filters:
-            if name not in _FILTER_FIELDS:
-                raise _invalid(f"The filter '{name}' is invalid")
-        for image_id in request.image_ids:
-            _check_image_id(image_id)
+        check_describe(request)
         fingerprint = query_fingerprint(request.image_ids, request.filters)
         after = decode_token(request.next_token, fingerprint) if request.next_token else ""
         self._settle()
         images, more = self._table.page(
             after=after,
-            limit=limit,
-            matches=_matcher(request.filters),
+            limit=request.max_results,
+            matches=matcher(request.filters),
             only=request.image_ids or None,
         )
         last = images[-1].image_id if images else after
         if self._looping:
             return images, request.next_token or encode_token(last, fingerprint)
         return images, encode_token(last, fingerprint) if more else None
-
-
-def _check_image_id(image_id: str) -> None:
-    if not image_id:
-        raise Ec2Error("MissingParameter", "The request must contain the parameter ImageId")
-    if not _IMAGE_ID.fullmatch(image_id):
-        raise Ec2Error("InvalidAMIID.Malformed", f'Invalid id: "{image_id}" (expecting "ami-...")')
-
-
-def _check_launch_template(spec: LaunchTemplateRef) -> None:
-    if spec.launch_template_id is not None and spec.launch_template_name is not None:
-        raise Ec2Error(
-            "InvalidParameterCombination",
-            "You can specify either LaunchTemplateId or LaunchTemplateName, but not both.",
-        )
-    if spec.launch_template_id is None and spec.launch_template_name is None:
-        raise Ec2Error(
-            "MissingParameter",
-            "The request must contain the parameter LaunchTemplateId or LaunchTemplateName",
-        )
-    if not spec.version:
-        raise Ec2Error(
-            "MissingParameter", "The request must contain the parameter LaunchTemplate.Version"
-        )

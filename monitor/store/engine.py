@@ -41,11 +41,9 @@ def describe_url(url: URL) -> str:
 def create_engine_for(url: str) -> Engine:
     """Return an engine for a `sqlite:///path` or `postgresql+psycopg://...` URL.
 
-    `postgresql://` means psycopg 3 too.
-
-    Raises `StoreError` for a URL that cannot be parsed, an unsupported scheme, a missing driver,
-    or (SQLite) a folder that does not exist; the file itself is created on first use.
-    Nothing connects yet.
+    A plain `postgresql://` means psycopg 3 too. Raises `StoreError` for a URL that cannot be
+    parsed, an unsupported scheme, a missing driver, or (SQLite) a folder that does not exist;
+    the file itself is created on first use. Nothing connects yet.
     """
     try:
         parsed = make_url(url)
@@ -134,8 +132,9 @@ def database_errors(engine: Engine, action: str) -> Iterator[None]:
 
 def _reason(exc: SQLAlchemyError, url: URL) -> str:
     if isinstance(exc, DBAPIError) and exc.orig is not None:
+        name = type(exc.orig).__name__
         lines = str(exc.orig).strip().splitlines()
-        detail = f"{type(exc.orig).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+        detail = f"{name}: {lines[0]}" if lines else name
     else:
         detail = type(exc).__name__
     if url.password:

@@ -6,7 +6,11 @@ folder of this installation, and handed the connection to migrate.
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 from alembic import command
 from alembic.config import Config
@@ -42,13 +46,42 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+@contextmanager
+def migrating(engine: Engine) -> Iterator[Connection]:
+    """A connection in one write transaction, set up to run migrations, committed at the end.
+
+    On PostgreSQL it holds a lock that makes concurrent migrations take turns. On SQLite,
+    foreign keys are checked once at the end instead of at each statement: batch mode rebuilds
+    a table by copying and dropping it, which would break (or cascade through) the rows of
+    other tables that refer to it.
+    """
+    with writer(engine).connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Only outside a transaction does SQLite honour this pragma.
+            _sqlite_driver(connection).execute("PRAGMA foreign_keys = OFF")
+        try:
+            with connection.begin():
+                if not sqlite:
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"),
+                        {"key": _POSTGRES_MIGRATION_LOCK},
+                    )
+                yield connection
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise StoreError("a migration left rows that break a foreign key")
+        finally:
+            if sqlite:
+                _sqlite_driver(connection).execute("PRAGMA foreign_keys = ON")
+
+
+def _sqlite_driver(connection: Connection) -> sqlite3.Connection:
+    return cast(sqlite3.Connection, connection.connection.driver_connection)
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply the migrations up to `revision` in one transaction."""
-    with database_errors(engine, "upgrading the schema"), writer(engine).begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _POSTGRES_MIGRATION_LOCK}
-            )
+    with database_errors(engine, "upgrading the schema"), migrating(engine) as connection:
         try:
             command.upgrade(alembic_config(connection), revision)
         except CommandError as exc:
@@ -57,7 +90,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Revert the migrations down to `revision` (`"base"` drops every table) in one transaction."""
-    with database_errors(engine, "downgrading the schema"), writer(engine).begin() as connection:
+    with database_errors(engine, "downgrading the schema"), migrating(engine) as connection:
         try:
             command.downgrade(alembic_config(connection), revision)
         except CommandError as exc:

@@ -113,7 +113,7 @@ class Store:
                     scope=Scope(target=row[0], account_id=row[1], region=row[2]),
                     image=_image(row[3:]),
                 )
-                for row in conn.execute(query)
+                for row in conn.execute(query).all()
             ]
 
     def history(
@@ -123,8 +123,11 @@ class Store:
         since: datetime | None = None,
         limit: int = 100,
     ) -> list[HistoryEntry]:
-        """Recorded transitions, newest first: of one image id, since a transition time, at most
-        `limit` of them."""
+        """Recorded transitions, newest first, at most `limit` of them.
+
+        `image_id` keeps one image's (in any account and region); `since` keeps the transitions
+        at or after that time.
+        """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
         query = select(history)
@@ -162,7 +165,7 @@ def _scope_images(connection: Connection, scope: Scope) -> dict[str, FastLaunchI
         select(*_IMAGE_COLUMNS).where(
             images.c.account_id == scope.account_id, images.c.region == scope.region
         )
-    )
+    ).all()
     return {row[0]: _image(row) for row in rows}
 
 

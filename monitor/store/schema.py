@@ -84,11 +84,11 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        # SQLite hands back the stored text, PostgreSQL an aware datetime.
+        read: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+        if read.tzinfo is None:
+            return read.replace(tzinfo=UTC)
+        return read.astimezone(UTC)
 
 
 # SQLite only makes an INTEGER PRIMARY KEY an auto-incrementing rowid; PostgreSQL gets 64 bits.

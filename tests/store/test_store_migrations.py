@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from alembic import command
-from sqlalchemy import Engine, inspect, text
+from alembic.operations import Operations
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, Text, func, inspect, select, text
 
 from monitor.errors import SchemaBehindError, StoreError
+from monitor.model import FastLaunchImage, PollResult, Scope
 from monitor.store import (
+    Store,
     create_engine_for,
     current_revision,
     downgrade,
@@ -15,8 +21,8 @@ from monitor.store import (
     head_revision,
     upgrade,
 )
-from monitor.store.migrations import alembic_config, migrations_dir
-from monitor.store.schema import metadata
+from monitor.store.migrations import alembic_config, migrating, migrations_dir
+from monitor.store.schema import history, metadata
 
 TABLES = {"images", "history", "polls", "alert_outbox"}
 
@@ -111,3 +117,26 @@ def test_a_revision_from_a_newer_monitor_is_an_error_but_not_behind(empty_engine
 def test_an_unknown_target_revision_is_a_store_error(empty_engine: Engine) -> None:
     with pytest.raises(StoreError, match="nonexistent"):
         upgrade(empty_engine, "nonexistent")
+
+
+def test_a_sqlite_batch_migration_can_rebuild_a_table_that_other_rows_refer_to(
+    sqlite_url: str,
+) -> None:
+    engine = create_engine_for(sqlite_url)
+    upgrade(engine)
+    image = FastLaunchImage("ami-1", "enabled", "", None, None, None, None, None, None, None, None)
+    when = datetime(2026, 11, 26, tzinfo=UTC)
+    Store(engine).apply_poll(
+        PollResult(Scope("t", "1", "r"), when, 0.1, 1, images=(image,)), observed_at=when
+    )
+
+    # What a future migration of `polls` does on SQLite: copy the table, drop it, rename.
+    with migrating(engine) as connection:
+        operations = Operations(MigrationContext.configure(connection))
+        with operations.batch_alter_table("polls", recreate="always") as batch:
+            batch.alter_column("error_message", existing_type=Text(), nullable=True)
+
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(history)).scalar_one() == 1
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()
