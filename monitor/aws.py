@@ -26,8 +26,8 @@ from botocore.exceptions import (
     ClientError,
     PaginationError,
     ProfileNotFound,
-    ResponseParserError,
 )
+from botocore.parsers import ResponseParserError
 from botocore.session import get_session
 
 from monitor.errors import ConfigError, SourceError

@@ -56,5 +56,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level)
     # APScheduler announces every job run at INFO; that is noise at the default level.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
-    for chatty in ("botocore", "boto3", "urllib3"):
+    for chatty in ("botocore", "boto3", "urllib3", "alembic"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,133 @@
+"""`fastlaunch-monitor demo`: the whole daemon against the built-in simulator, on loopback.
+
+No AWS account is needed or touched: the demo's process talks only to a moto server with the
+fast launch extension (`monitor.simulator`), on 127.0.0.1, with throwaway credentials, and
+keeps its SQLite database in a temporary folder that is deleted when it stops.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from monitor.errors import ConfigError
+
+if TYPE_CHECKING:
+    from monitor.simulator import DemoImage
+
+DEMO_ACCOUNT = "123456789012"
+DEMO_REGION = "us-east-1"
+DEMO_INTERVAL = "10s"
+PREFERRED_PORT = 9877
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def demo_config(workdir: Path, endpoint_url: str, port: int) -> str:
+    """The demo's config file: the simulator's endpoint, SQLite in `workdir`."""
+    return f"""\
+[monitor]
+interval = "{DEMO_INTERVAL}"
+jitter = "0"
+
+[database]
+url = "sqlite:///{workdir / "history.sqlite3"}"
+
+[http]
+listen = "127.0.0.1:{port}"
+
+[aws]
+endpoint_url = "{endpoint_url}"
+max_attempts = 2
+
+[[targets]]
+name = "demo"
+regions = ["{DEMO_REGION}"]
+"""
+
+
+def _isolate_from_real_aws(endpoint_url: str) -> None:
+    # Throwaway credentials for this process only: the simulator accepts any, and nothing of
+    # the user's own AWS configuration may be picked up or sent anywhere.
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN"):
+        os.environ.pop(name, None)
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "demo",
+            "AWS_SECRET_ACCESS_KEY": "demo",
+            "AWS_DEFAULT_REGION": DEMO_REGION,
+            "AWS_ENDPOINT_URL_STS": endpoint_url,
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
+
+
+def run_demo(duration: float | None) -> int:
+    """Run simulator and daemon until Ctrl-C, SIGTERM or `duration` seconds; returns 0."""
+    try:
+        from monitor.simulator import (
+            RealTimeClock,
+            seed_demo,
+            simulator_for,
+            start_server,
+            use_clock,
+        )
+    except ImportError as exc:
+        raise ConfigError(
+            "demo",
+            None,
+            f"the demo needs the simulator: pip install 'fastlaunch-monitor[demo]' ({exc})",
+        ) from exc
+    from monitor.daemon import Daemon, open_runtime, run_until_signalled
+    from monitor.settings import parse_settings
+
+    use_clock(RealTimeClock())
+    server = start_server()
+    _isolate_from_real_aws(server.endpoint_url)
+    story = seed_demo(simulator_for(DEMO_ACCOUNT, DEMO_REGION))
+    with tempfile.TemporaryDirectory(prefix="fastlaunch-demo-") as folder:
+        workdir = Path(folder)
+        port = PREFERRED_PORT if _free(PREFERRED_PORT) else 0
+        config = workdir / "config.toml"
+        config.write_text(demo_config(workdir, server.endpoint_url, port))
+        settings = parse_settings(config.read_text(), source=str(config), env={}, base_dir=workdir)
+        daemon = Daemon(open_runtime(settings))
+        daemon.start()
+        print(_banner(daemon.http_url, config, story), flush=True)
+        deadline = None if duration is None else time.monotonic() + duration
+        try:
+            run_until_signalled(daemon, threading.Event(), deadline)
+        finally:
+            server.stop()
+    print("demo stopped", flush=True)
+    return 0
+
+
+def _banner(http_url: str, config: Path, story: Sequence[DemoImage]) -> str:
+    lines = [
+        "",
+        "fastlaunch-monitor demo: the daemon is polling a simulated EC2 on loopback",
+        f"  metrics:  {http_url}/metrics   (also /healthz, /readyz)",
+        f"  try:      fastlaunch-monitor --config {config} status",
+        f"            fastlaunch-monitor --config {config} history",
+        f"            curl -s {http_url}/metrics | grep fastlaunch_image_state",
+        "  images:",
+    ]
+    lines += [f"    {image.image_id}  {image.story}" for image in story]
+    lines += ["  Ctrl-C stops the demo.", ""]
+    return "\n".join(lines)
