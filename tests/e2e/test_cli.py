@@ -28,7 +28,7 @@ BAD_CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("text, key, hint", BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
+@pytest.mark.parametrize(("text", "key", "hint"), BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
 def test_a_bad_config_exits_2_with_one_line_naming_file_and_key(tmp_path, text, key, hint):
     config = tmp_path / "config.toml"
     config.write_text(text)
