@@ -148,7 +148,6 @@ class Monitor:
         from monitor.settings import parse_settings
 
         self._folder = folder
-        self._databases = 0
         self.settings = parse_settings(
             self._toml(folder / "unused.sqlite3"),
             source="bench",
@@ -178,8 +177,7 @@ class Monitor:
         from monitor.settings import parse_settings
         from monitor.store import Store, create_engine_for, upgrade
 
-        self._databases += 1
-        database = self._folder / f"history-{self._databases}.sqlite3"
+        database = Path(tempfile.mkdtemp(dir=self._folder)) / "history.sqlite3"
         settings = parse_settings(
             self._toml(database), source="bench", env={}, base_dir=self._folder
         )

@@ -11,24 +11,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.credentials import (
-    AssumeRoleCredentialFetcher,
     CredentialProvider,
     CredentialResolver,
     DeferredRefreshableCredentials,
 )
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    PaginationError,
-    ProfileNotFound,
-)
+from botocore.exceptions import ClientError, ProfileNotFound
 from botocore.parsers import ResponseParserError
-from botocore.session import get_session
+from botocore.session import Session as BotocoreSession
 
 from monitor.errors import ConfigError, SourceError
 from monitor.model import Scope
@@ -41,6 +36,13 @@ ROLE_SESSION_NAME = "fastlaunch-monitor"
 
 RawImage = dict[str, Any]
 
+#: What time it is, as an aware datetime; assumed-role credentials are renewed by it.
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
 
 def translate(exc: Exception) -> SourceError:
     """Turn a botocore exception into a `SourceError` named by the AWS error code or class."""
@@ -50,13 +52,9 @@ def translate(exc: Exception) -> SourceError:
         error = exc.response.get("Error", {})
         code = str(error.get("Code") or "ClientError")
         return SourceError(code, str(error.get("Message") or code))
-    if isinstance(exc, PaginationError):
-        return SourceError("RepeatedNextToken", "AWS returned the same NextToken twice")
     if isinstance(exc, ResponseParserError):
         return SourceError("InvalidResponse", "the response could not be parsed")
-    if isinstance(exc, BotoCoreError):
-        # botocore's messages name endpoints and profiles, never credentials.
-        return SourceError(type(exc).__name__, str(exc))
+    # botocore's messages name endpoints and profiles, never credentials.
     return SourceError(type(exc).__name__, str(exc))
 
 
@@ -66,13 +64,14 @@ class _AssumedRoleProvider(CredentialProvider):  # type: ignore[misc]
     METHOD = "custom-fastlaunch-assume-role"
     CANONICAL_NAME = "custom-fastlaunch-assume-role"
 
-    def __init__(self, fetcher: AssumeRoleCredentialFetcher) -> None:
+    def __init__(self, refresh: Callable[[], dict[str, str]], clock: Clock) -> None:
         super().__init__()
-        self._fetcher = fetcher
+        self._refresh = refresh
+        self._clock = clock
 
     def load(self) -> DeferredRefreshableCredentials:
         return DeferredRefreshableCredentials(
-            refresh_using=self._fetcher.fetch_credentials, method=self.METHOD
+            refresh_using=self._refresh, method=self.METHOD, time_fetcher=self._clock
         )
 
 
@@ -81,28 +80,66 @@ def _role_account(role_arn: str) -> str:
     return role_arn.split(":")[4]
 
 
-def _session_for(target: TargetSettings, key: str) -> boto3.Session:
+def _base_session(target: TargetSettings, key: str) -> boto3.Session:
     try:
-        base = boto3.Session(profile_name=target.profile)
+        return boto3.Session(profile_name=target.profile)
     except ProfileNotFound as exc:
         raise ConfigError(
             "AWS config", f"{key}.profile", f"{exc}; define it in ~/.aws/config or remove the key"
         ) from exc
-    if target.role_arn is None:
-        return base
-    extra: dict[str, str] = {"RoleSessionName": ROLE_SESSION_NAME}
-    if target.external_id is not None:
-        extra["ExternalId"] = target.external_id
-    fetcher = AssumeRoleCredentialFetcher(
-        client_creator=base.client,
-        source_credentials=base.get_credentials(),
-        role_arn=target.role_arn,
-        extra_args=extra,
-    )
-    botocore_session = get_session()
-    botocore_session.register_component(
-        "credential_provider", CredentialResolver([_AssumedRoleProvider(fetcher)])
-    )
+
+
+class _AssumeRole:
+    """Refreshes the role's credentials: one AssumeRole with the base session's identity.
+
+    The STS client is made on first use, so a target whose source credentials are missing
+    fails at its poll (and is recorded as such), not when the monitor starts. botocore calls
+    it under the credentials' refresh lock, one caller at a time.
+    """
+
+    def __init__(
+        self,
+        base: boto3.Session,
+        role_arn: str,
+        external_id: str | None,
+        region: str,
+        config: Config,
+    ) -> None:
+        self._base = base
+        self._region = region
+        self._config = config
+        self._sts: Any = None
+        self._request = {"RoleArn": role_arn, "RoleSessionName": ROLE_SESSION_NAME}
+        if external_id is not None:
+            self._request["ExternalId"] = external_id
+
+    def __call__(self) -> dict[str, str]:
+        if self._sts is None:
+            self._sts = self._base.client("sts", region_name=self._region, config=self._config)
+        credentials = self._sts.assume_role(**self._request)["Credentials"]
+        return {
+            "access_key": credentials["AccessKeyId"],
+            "secret_key": credentials["SecretAccessKey"],
+            "token": credentials["SessionToken"],
+            "expiry_time": credentials["Expiration"].isoformat(),
+        }
+
+
+def _role_session(
+    base: boto3.Session,
+    role_arn: str,
+    target: TargetSettings,
+    region: str,
+    *,
+    config: Config,
+    clock: Clock,
+) -> boto3.Session:
+    # A session of its own whose only credential provider is the role, with the target's
+    # profile so the rest of that profile's settings still apply.
+    botocore_session = BotocoreSession(profile=target.profile)
+    refresh = _AssumeRole(base, role_arn, target.external_id, region, config)
+    provider = _AssumedRoleProvider(refresh, clock)
+    botocore_session.register_component("credential_provider", CredentialResolver([provider]))
     return boto3.Session(botocore_session=botocore_session, region_name=base.region_name)
 
 
@@ -118,30 +155,19 @@ class TargetSource:
     """One configured target: its session, account id and one EC2 client per region.
 
     Safe to use from several threads: clients are created under a lock and botocore clients
-    are thread-safe once made.
+    are thread-safe once made. `clock` is what assumed-role credentials are checked for
+    expiry against (tests move it).
     """
 
     def __init__(
-        self,
-        index: int,
-        target: TargetSettings,
-        aws: AwsSettings,
-        *,
-        session_factory: Callable[[TargetSettings, str], boto3.Session] = _session_for,
+        self, index: int, target: TargetSettings, aws: AwsSettings, *, clock: Clock = _utc_now
     ) -> None:
         self.key = target.name or f"targets[{index}]"
         self.settings = target
         self._config_key = f"targets[{index}]"
         self._aws = aws
-        self._session = session_factory(target, self._config_key)
-        self._lock = threading.Lock()
-        self._clients: dict[str, Any] = {}
-        self._account_id: str | None = (
-            _role_account(target.role_arn) if target.role_arn is not None else None
-        )
-        regions = target.regions or (
-            (self._session.region_name,) if self._session.region_name else ()
-        )
+        base = _base_session(target, self._config_key)
+        regions = target.regions or ((base.region_name,) if base.region_name else ())
         if not regions:
             raise ConfigError(
                 "AWS config",
@@ -150,10 +176,28 @@ class TargetSource:
             )
         self.regions: tuple[str, ...] = tuple(regions)
         self._botocore_config = Config(
-            retries={"mode": aws.retry_mode, "max_attempts": aws.max_attempts},
+            # `max_attempts` counts the first attempt too, as in the AWS config file.
+            retries={"mode": aws.retry_mode, "total_max_attempts": aws.max_attempts},
             connect_timeout=aws.connect_timeout,
             read_timeout=aws.read_timeout,
             user_agent_extra="fastlaunch-monitor",
+        )
+        self._session = (
+            base
+            if target.role_arn is None
+            else _role_session(
+                base,
+                target.role_arn,
+                target,
+                self.regions[0],
+                config=self._botocore_config,
+                clock=clock,
+            )
+        )
+        self._lock = threading.Lock()
+        self._clients: dict[str, Any] = {}
+        self._account_id: str | None = (
+            _role_account(target.role_arn) if target.role_arn is not None else None
         )
 
     def _client(self, service: str, region: str) -> Any:
@@ -192,7 +236,7 @@ class TargetSource:
         return Scope(target=self.settings.name or account, account_id=account, region=region)
 
     def _request(self) -> dict[str, Any]:
-        request: dict[str, Any] = {}
+        request: dict[str, Any] = {"MaxResults": PAGE_SIZE}
         if self.settings.image_ids:
             request["ImageIds"] = list(self.settings.image_ids)
         if self.settings.filters:
@@ -204,21 +248,31 @@ class TargetSource:
     def describe(self, region: str) -> tuple[list[RawImage], int]:
         """Page DescribeFastLaunchImages to the end; returns the raw items and the page count.
 
-        A repeated NextToken is an error (botocore's paginator detects it), not an endless loop.
+        A `NextToken` seen before, on any earlier page of this describe, is a `SourceError`
+        (`RepeatedNextToken`) rather than an endless loop.
         """
         client = self._client("ec2", region)
-        paginator = client.get_paginator("describe_fast_launch_images")
+        request = self._request()
         items: list[RawImage] = []
+        seen: set[str] = set()
         pages = 0
         try:
-            for page in paginator.paginate(
-                **self._request(), PaginationConfig={"PageSize": PAGE_SIZE}
-            ):
+            while True:
+                page = client.describe_fast_launch_images(**request)
                 pages += 1
                 items.extend(page.get("FastLaunchImages", ()))
+                token = page.get("NextToken")
+                if not token:
+                    return items, pages
+                if token in seen:
+                    raise SourceError(
+                        "RepeatedNextToken",
+                        f"page {pages} repeated an earlier NextToken; stopped paging",
+                    )
+                seen.add(token)
+                request["NextToken"] = token
         except Exception as exc:
             raise translate(exc) from exc
-        return items, pages
 
     def check(self, region: str) -> CheckOutcome:
         """DryRun DescribeFastLaunchImages: `DryRunOperation` means the caller is permitted."""

@@ -116,8 +116,7 @@ class Cycle:
             self._warned_states.add(state)
         log.warning("unknown fast launch state %r: kept as text", state)
 
-    def _fetch(self, source: TargetSource, region: str) -> PollResult:
-        started_at = self._clock()
+    def _fetch(self, source: TargetSource, region: str, started_at: datetime) -> PollResult:
         started = time.monotonic()
         pages = 0
         try:
@@ -149,26 +148,9 @@ class Cycle:
             images=images,
         )
 
-    def _claim(self, source: TargetSource, region: str) -> None:
-        # Two targets reaching the same account and region would each see the other's images
-        # as removed; the first to claim it polls it, the other fails with a clear error.
-        key = (source.account_id(), region)
-        with self._owners_lock:
-            owner = self._owners.setdefault(key, source.key)
-        if owner != source.key:
-            raise SourceError(
-                "DuplicateScope",
-                f"target {source.key} reaches account {key[0]} in {region} like target "
-                f"{owner}; remove one of them",
-            )
-
-    def poll_scope(self, source: TargetSource, region: str) -> AppliedPoll | None:
-        """Poll and persist one scope; `None` if a shutdown skipped it."""
-        if self._stop.is_set():
-            return None
-        result = self._fetch(source, region)
+    def _record(self, source: TargetSource, region: str, result: PollResult) -> AppliedPoll:
         try:
-            applied = self._store.apply_poll(result, observed_at=self._clock())
+            return self._store.apply_poll(result, observed_at=self._clock())
         except StoreError as exc:
             log.error(
                 "could not record the poll of %s/%s: %s",
@@ -178,11 +160,64 @@ class Cycle:
                 extra={"target": source.key, "region": region},
             )
             failed = replace(result, images=None, error_code="StoreError", error_message=str(exc))
+            return AppliedPoll(result=failed, transitions=(), upserts=0, removed=0)
+
+    def _claim(self, source: TargetSource, region: str) -> None:
+        # Two targets reaching the same account and region would each see the other's images
+        # as removed, so one of them owns the scope for the life of the process and the other
+        # fails with a clear error. The owner is the first configured target known to reach
+        # it, so which one polls does not depend on which thread came first.
+        account = source.account_id()
+        with self._owners_lock:
+            owner = self._owners.get((account, region))
+            if owner is None:
+                owner = next(
+                    other.key
+                    for other in self._sources
+                    if region in other.regions and other.known_account_id == account
+                )
+                self._owners[(account, region)] = owner
+        if owner != source.key:
+            raise SourceError(
+                "DuplicateScope",
+                f"target {source.key} reaches account {account} in {region} like target "
+                f"{owner}; remove one of them",
+            )
+
+    def poll_scope(self, source: TargetSource, region: str) -> AppliedPoll | None:
+        """Poll and persist one scope; `None` if a shutdown skipped it.
+
+        Never raises: whatever goes wrong is this scope's failed poll, and the others go on.
+        """
+        if self._stop.is_set():
+            return None
+        started_at = self._clock()
+        started = time.monotonic()
+        try:
+            applied = self._record(source, region, self._fetch(source, region, started_at))
+        except Exception as exc:
+            # Not an AWS or database failure but a bug; it must not take the cycle down.
+            log.exception(
+                "poll of %s/%s failed unexpectedly",
+                source.key,
+                region,
+                extra={"target": source.key, "region": region},
+            )
+            failed = PollResult(
+                scope=source.scope(region),
+                started_at=started_at,
+                duration_seconds=time.monotonic() - started,
+                pages=0,
+                images=None,
+                error_code=type(exc).__name__,
+                error_message="unexpected error; see the monitor's log",
+            )
             applied = AppliedPoll(result=failed, transitions=(), upserts=0, removed=0)
-        if applied.result.ok:
+        result = applied.result
+        if result.ok:
             self._current.replace_scope(result.scope, result.images or ())
             self._last_success[(source.key, region)] = result.started_at
-        self._metrics.poll_finished(applied.result, applied.transitions)
+        self._metrics.poll_finished(result, applied.transitions)
         for transition in applied.transitions:
             log.info(
                 "%s/%s %s: %s -> %s",

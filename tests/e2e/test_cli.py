@@ -10,6 +10,9 @@ import pytest
 
 from tests.e2e.conftest import ACCOUNT, REGION, TARGET, aws_env, cli, write_config
 
+pytestmark = pytest.mark.slow
+
+
 BAD_CONFIGS = {
     "an unknown key": ("[monitor]\nintervall = '5m'\n", "monitor.intervall", "interval"),
     "a bad duration": ("[monitor]\ninterval = '5 minutes'\n", "monitor.interval", "1h30m"),

@@ -9,6 +9,9 @@ import pytest
 
 from tests.e2e.conftest import ACCOUNT, REGION, TARGET, cli, wait_for
 
+pytestmark = pytest.mark.slow
+
+
 SCOPE = {"target": TARGET, "account_id": ACCOUNT, "region": REGION}
 
 
