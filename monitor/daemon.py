@@ -63,7 +63,10 @@ class Runtime:
 def open_runtime(settings: Settings, *, clock: Clock = utc_now) -> Runtime:
     """Open and migrate the database, load the current state, and build the poll cycle."""
     sources = build_sources(settings)
-    engine = create_engine_for(settings.database.url)
+    # One connection per concurrent poll, plus one for scrapes' readiness checks.
+    engine = create_engine_for(
+        settings.database.url, pool_size=settings.monitor.max_concurrency + 1
+    )
     try:
         upgrade(engine)
         store = Store(engine)

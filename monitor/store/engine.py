@@ -38,7 +38,7 @@ def describe_url(url: URL) -> str:
     return f"{name} on {where}"
 
 
-def create_engine_for(url: str) -> Engine:
+def create_engine_for(url: str, *, pool_size: int = 5) -> Engine:
     """Return an engine for a `sqlite:///path` or `postgresql+psycopg://...` URL.
 
     A plain `postgresql://` means psycopg 3 too. Raises `StoreError` for a URL that cannot be
@@ -52,11 +52,11 @@ def create_engine_for(url: str) -> Engine:
         raise StoreError("the database URL cannot be parsed") from None
     try:
         if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
-            return _sqlite_engine(parsed)
+            return _sqlite_engine(parsed, pool_size)
         if parsed.drivername in ("postgresql", "postgresql+psycopg"):
             # psycopg 3 is the one PostgreSQL driver shipped (extra `postgres`), so a plain
             # postgresql:// means it rather than SQLAlchemy's default of psycopg2.
-            return _postgres_engine(parsed.set(drivername="postgresql+psycopg"))
+            return _postgres_engine(parsed.set(drivername="postgresql+psycopg"), pool_size)
     except ModuleNotFoundError as exc:
         raise StoreError(
             f"the driver for {describe_url(parsed)} is not installed ({exc.name}); "
@@ -67,14 +67,18 @@ def create_engine_for(url: str) -> Engine:
     )
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def _sqlite_engine(url: URL, pool_size: int) -> Engine:
     database = url.database or ""
     in_memory = database in ("", ":memory:") or url.query.get("mode") == "memory"
     if not in_memory and not url.query.get("uri"):
         folder = Path(database).absolute().parent
         if not folder.is_dir():
             raise StoreError(f"the folder of the sqlite database does not exist: {folder}")
-    engine = sqlalchemy.create_engine(url)
+    engine = (
+        sqlalchemy.create_engine(url)
+        if in_memory
+        else sqlalchemy.create_engine(url, pool_size=pool_size, max_overflow=10)
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -99,11 +103,17 @@ def _sqlite_engine(url: URL) -> Engine:
     return engine
 
 
-def _postgres_engine(url: URL) -> Engine:
+def _postgres_engine(url: URL, pool_size: int) -> Engine:
     connect_args: dict[str, Any] = {}
     if "connect_timeout" not in url.query:
         connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
-    return sqlalchemy.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    return sqlalchemy.create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=10,
+        connect_args=connect_args,
+    )
 
 
 def writer(engine: Engine) -> Engine:
