@@ -1,0 +1,1 @@
+"""Alerts: which transitions alert (rules), what receivers get (formats), and delivery."""

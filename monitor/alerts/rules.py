@@ -1,0 +1,210 @@
+"""Which alerts one applied poll causes, per receiver (pure).
+
+A webhook's alert **fires** once for each transition into one of its `states`, the first sight
+of an image already in such a state included; the same state with a new `StateTransitionTime`
+is a new failure and fires again. It **resolves** when the image next moves to a state not
+listed, or is removed. A **stuck** alert fires once when an image has stayed in `enabling` or
+`disabling` longer than `stuck_after`, and resolves when its state changes.
+
+Every alert is keyed by (receiver, account, region, image, kind, state, since, status), where
+`state` and `since` are those of the failing (or stuck) state the alert is about — for a
+resolve too, so each firing has exactly one resolve and Alertmanager and PagerDuty can match
+them. The key makes writing the same alert twice (a poll applied twice, two instances racing)
+a no-op in the outbox; the event id is derived from it, so it is the same for every copy.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from monitor.model import (
+    TRANSIENT_STATES,
+    FastLaunchImage,
+    ImageDiff,
+    Scope,
+    Transition,
+)
+
+FIRING = "firing"
+RESOLVED = "resolved"
+FAILED = "failed"
+STUCK = "stuck"
+
+# A fixed namespace: event ids are uuid5 of the alert's key, stable across processes.
+_EVENT_NAMESPACE = uuid.UUID("6c1f0a52-4f0e-4d51-9a43-0b8a2f1f7e11")
+
+
+@dataclass(frozen=True, slots=True)
+class Receiver:
+    """What the rules need to know of a webhook: its name and which states alert it."""
+
+    name: str
+    states: frozenset[str]
+    send_resolved: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AlertKey:
+    """What makes an alert unique: the outbox's unique key, and the source of its event id.
+
+    `state` and `since` name the failing (or stuck) state the alert is about, for a resolve too.
+    """
+
+    receiver: str
+    scope: Scope
+    image_id: str
+    kind: str
+    state: str
+    since: datetime
+    status: str
+
+    @property
+    def event_id(self) -> str:
+        """The same key always gives the same id, in every process."""
+        parts = (
+            self.receiver,
+            self.scope.account_id,
+            self.scope.region,
+            self.image_id,
+            self.kind,
+            self.state,
+            rfc3339(self.since) or "",
+            self.status,
+        )
+        return str(uuid.uuid5(_EVENT_NAMESPACE, "\x1f".join(parts)))
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """One alert for one receiver, as written to the outbox.
+
+    `payload` is the receiver-independent document of SPEC §5 (format `json`'s body), from
+    which every format builds its request at delivery time.
+    """
+
+    key: AlertKey
+    payload: Mapping[str, Any]
+
+    @property
+    def event_id(self) -> str:
+        return self.key.event_id
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    """`2026-11-26T10:00:00.123Z`: UTC with milliseconds."""
+    if value is None:
+        return None
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _event(
+    key: AlertKey, transition: Transition, image: FastLaunchImage | None, observed_at: datetime
+) -> AlertEvent:
+    scope = key.scope
+    payload = {
+        "version": 1,
+        "event_id": key.event_id,
+        "status": key.status,
+        "kind": key.kind,
+        "target": scope.target,
+        "account_id": scope.account_id,
+        "region": scope.region,
+        "image_id": transition.image_id,
+        "state": transition.new_state,
+        "previous_state": transition.previous_state,
+        "state_transition_reason": transition.reason,
+        "state_transition_time": rfc3339(transition.transition_time),
+        "observed_at": rfc3339(observed_at),
+        "target_resource_count": None if image is None else image.target_resource_count,
+        "max_parallel_launches": None if image is None else image.max_parallel_launches,
+        "launch_template": {
+            "id": None if image is None else image.launch_template_id,
+            "name": None if image is None else image.launch_template_name,
+            "version": None if image is None else image.launch_template_version,
+        },
+    }
+    return AlertEvent(key=key, payload=payload)
+
+
+def _was_stuck(before: FastLaunchImage, stuck_after: float, observed_at: datetime) -> bool:
+    return (
+        stuck_after > 0
+        and before.state in TRANSIENT_STATES
+        and before.state_transition_time is not None
+        and observed_at - before.state_transition_time >= timedelta(seconds=stuck_after)
+    )
+
+
+def alerts_for_poll(
+    scope: Scope,
+    previous: Mapping[str, FastLaunchImage],
+    diff: ImageDiff,
+    receivers: Sequence[Receiver],
+    observed_at: datetime,
+    *,
+    stuck_after: float = 0.0,
+    current: Iterable[FastLaunchImage] = (),
+) -> list[AlertEvent]:
+    """Every alert the poll of `scope` causes, for every receiver.
+
+    `previous` is the stored state the poll was diffed against, `diff` the result, `current`
+    every image of the poll (for the stuck check, which concerns images that did not change).
+    """
+    if not receivers:
+        return []
+    images = {image.image_id: image for image in diff.upserts}
+    events: list[AlertEvent] = []
+
+    def add(
+        receiver: Receiver,
+        kind: str,
+        status: str,
+        state: str,
+        since: datetime,
+        transition: Transition,
+        image: FastLaunchImage | None,
+    ) -> None:
+        key = AlertKey(receiver.name, scope, transition.image_id, kind, state, since, status)
+        events.append(_event(key, transition, image, observed_at))
+
+    for transition in diff.transitions:
+        before = previous.get(transition.image_id)
+        image = images.get(transition.image_id)
+        for receiver in receivers:
+            if transition.new_state in receiver.states:
+                add(
+                    receiver,
+                    FAILED,
+                    FIRING,
+                    transition.new_state,
+                    transition.transition_time,
+                    transition,
+                    image,
+                )
+            if before is None or not receiver.send_resolved:
+                continue
+            since = before.state_transition_time or observed_at
+            if before.state in receiver.states and transition.new_state not in receiver.states:
+                add(receiver, FAILED, RESOLVED, before.state, since, transition, image)
+            if before.state != transition.new_state and _was_stuck(
+                before, stuck_after, observed_at
+            ):
+                add(receiver, STUCK, RESOLVED, before.state, since, transition, image)
+    for image in current:
+        if image.state_transition_time is None or not _was_stuck(image, stuck_after, observed_at):
+            continue
+        # A stuck alert is about a state that has not changed: "from" and "to" are the same.
+        still = Transition(
+            image_id=image.image_id,
+            previous_state=image.state,
+            new_state=image.state,
+            transition_time=image.state_transition_time,
+            reason=image.state_transition_reason,
+        )
+        for receiver in receivers:
+            add(receiver, STUCK, FIRING, image.state, image.state_transition_time, still, image)
+    return events
