@@ -8,13 +8,13 @@ botocore error is translated here into a `SourceError` that keeps the AWS error 
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 from botocore.config import Config
 from botocore.credentials import (
     CredentialProvider,
@@ -22,6 +22,7 @@ from botocore.credentials import (
     DeferredRefreshableCredentials,
 )
 from botocore.exceptions import ClientError, ProfileNotFound
+from botocore.loaders import Loader, create_loader
 from botocore.parsers import ResponseParserError
 from botocore.session import Session as BotocoreSession
 
@@ -80,13 +81,32 @@ def _role_account(role_arn: str) -> str:
     return role_arn.split(":")[4]
 
 
-def _base_session(target: TargetSettings, key: str) -> boto3.Session:
+@functools.cache
+def _loader() -> Loader:
+    # botocore parses a service's model (EC2's is large) once per loader: one loader shared
+    # by every target's session makes each session after the first cheap, in time and memory.
+    return create_loader()
+
+
+def _new_session(profile: str | None) -> BotocoreSession:
+    session = BotocoreSession(profile=profile)
+    session.register_component("data_loader", _loader())
+    return session
+
+
+def _base_session(target: TargetSettings, key: str) -> tuple[BotocoreSession, str | None]:
+    """The target's own session (default chain or `profile`) and its default region."""
+    session = _new_session(target.profile)
     try:
-        return boto3.Session(profile_name=target.profile)
+        # Reading the profile now makes a missing one a config error at start, not a failed
+        # poll; the region itself may come from the environment, which botocore prefers.
+        session.get_scoped_config()
+        region = session.get_config_variable("region")
     except ProfileNotFound as exc:
         raise ConfigError(
             "AWS config", f"{key}.profile", f"{exc}; define it in ~/.aws/config or remove the key"
         ) from exc
+    return session, region or None
 
 
 class _AssumeRole:
@@ -99,7 +119,7 @@ class _AssumeRole:
 
     def __init__(
         self,
-        base: boto3.Session,
+        base: BotocoreSession,
         role_arn: str,
         external_id: str | None,
         region: str,
@@ -115,7 +135,9 @@ class _AssumeRole:
 
     def __call__(self) -> dict[str, str]:
         if self._sts is None:
-            self._sts = self._base.client("sts", region_name=self._region, config=self._config)
+            self._sts = self._base.create_client(
+                "sts", region_name=self._region, config=self._config
+            )
         credentials = self._sts.assume_role(**self._request)["Credentials"]
         return {
             "access_key": credentials["AccessKeyId"],
@@ -126,21 +148,21 @@ class _AssumeRole:
 
 
 def _role_session(
-    base: boto3.Session,
+    base: BotocoreSession,
     role_arn: str,
     target: TargetSettings,
     region: str,
     *,
     config: Config,
     clock: Clock,
-) -> boto3.Session:
+) -> BotocoreSession:
     # A session of its own whose only credential provider is the role, with the target's
     # profile so the rest of that profile's settings still apply.
-    botocore_session = BotocoreSession(profile=target.profile)
+    session = _new_session(target.profile)
     refresh = _AssumeRole(base, role_arn, target.external_id, region, config)
     provider = _AssumedRoleProvider(refresh, clock)
-    botocore_session.register_component("credential_provider", CredentialResolver([provider]))
-    return boto3.Session(botocore_session=botocore_session, region_name=base.region_name)
+    session.register_component("credential_provider", CredentialResolver([provider]))
+    return session
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +188,8 @@ class TargetSource:
         self.settings = target
         self._config_key = f"targets[{index}]"
         self._aws = aws
-        base = _base_session(target, self._config_key)
-        regions = target.regions or ((base.region_name,) if base.region_name else ())
+        base, default_region = _base_session(target, self._config_key)
+        regions = target.regions or ((default_region,) if default_region else ())
         if not regions:
             raise ConfigError(
                 "AWS config",
@@ -206,7 +228,7 @@ class TargetSource:
             client = self._clients.get(name)
             if client is None:
                 endpoint = self._aws.endpoint_url if service == "ec2" else None
-                client = self._session.client(
+                client = self._session.create_client(
                     service,
                     region_name=region,
                     config=self._botocore_config,

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -102,11 +102,12 @@ class Cycle:
             for source in self._sources
             for region in source.regions
         ]
-        polls = [f.result() for f in futures]
+        polls = (_finished(f) for f in futures)
         return CycleResult(tuple(p for p in polls if p is not None))
 
     def close(self) -> None:
-        """Stop the worker threads; scopes not started yet are dropped."""
+        """Stop the worker threads; scopes not started yet are dropped, also from a `run()`
+        in progress, which returns the polls that were made."""
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _warn_unknown_state(self, state: str) -> None:
@@ -229,3 +230,11 @@ class Cycle:
                 extra={"target": source.key, "region": region, "image": transition.image_id},
             )
         return applied
+
+
+def _finished(future: Future[AppliedPoll | None]) -> AppliedPoll | None:
+    """The poll of a scope, or `None` if `close()` dropped it before it started."""
+    try:
+        return future.result()
+    except CancelledError:
+        return None

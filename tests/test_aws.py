@@ -1,0 +1,329 @@
+"""The AWS adapter against the fast launch simulator, through real botocore."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from monitor.aws import ROLE_SESSION_NAME, TargetSource
+from monitor.errors import ConfigError, SourceError
+from monitor.settings import AwsSettings, TargetSettings
+from monitor.simulator import FastLaunchSimulator, ManualClock, simulator_for, start_server
+from tests.fakes import (
+    ACCOUNT,
+    NO_RETRIES,
+    REGION,
+    assume_role_calls,
+    role_arn,
+    simulated_aws,
+    source,
+)
+
+FIRST = "111111111111"
+SECOND = "222222222222"
+OTHER_OWNER = "444455556666"
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ManualClock]:
+    """moto with the simulator, on a manual clock; the clock is what tests move."""
+    with simulated_aws(monkeypatch, tmp_path) as manual:
+        yield manual
+
+
+@pytest.fixture
+def sim(clock: ManualClock) -> FastLaunchSimulator:
+    """The simulator of the default credential chain's account, in the default region."""
+    return simulator_for(ACCOUNT, REGION)
+
+
+def ids(items: list[dict[str, object]]) -> list[str]:
+    return sorted(str(item["ImageId"]) for item in items)
+
+
+def test_450_images_come_back_complete_over_three_pages(sim: FastLaunchSimulator) -> None:
+    seeded = sim.seed(450)
+
+    items, pages = source().describe(REGION)
+
+    assert ids(items) == sorted(seeded)
+    assert pages == 3
+    assert sim.calls == 3
+
+
+def test_an_empty_region_is_one_page_without_images(sim: FastLaunchSimulator) -> None:
+    assert source().describe(REGION) == ([], 1)
+
+
+def test_the_state_and_owner_filters_are_sent_and_honoured(sim: FastLaunchSimulator) -> None:
+    wanted = sim.seed(3, states="enabled")
+    sim.seed(2, states="enabling-failed")
+    sim.seed(2, states="enabled", owner_id=OTHER_OWNER)
+    filters = (("state", ("enabled",)), ("owner-id", (ACCOUNT,)))
+
+    items, _ = source(TargetSettings(filters=filters)).describe(REGION)
+
+    assert ids(items) == sorted(wanted)
+
+
+def test_several_values_of_one_filter_match_any_of_them(sim: FastLaunchSimulator) -> None:
+    enabled = sim.seed(2, states="enabled")
+    failed = sim.seed(2, states="enabling-failed")
+    sim.seed(2, states="enabling")
+    filters = (("state", ("enabled", "enabling-failed")),)
+
+    items, _ = source(TargetSettings(filters=filters)).describe(REGION)
+
+    assert ids(items) == sorted(enabled + failed)
+
+
+def test_image_ids_limit_the_describe_to_those_images(sim: FastLaunchSimulator) -> None:
+    seeded = sim.seed(5)
+    wanted = (seeded[1], seeded[3])
+
+    items, pages = source(TargetSettings(image_ids=wanted)).describe(REGION)
+
+    assert ids(items) == sorted(wanted)
+    assert pages == 1
+
+
+def test_each_region_of_a_target_is_described_on_its_own(clock: ManualClock) -> None:
+    east = simulator_for(ACCOUNT, "us-east-1").seed(2)
+    west = simulator_for(ACCOUNT, "eu-west-1").seed(1)
+    target = source(TargetSettings(regions=("us-east-1", "eu-west-1")))
+
+    assert ids(target.describe("us-east-1")[0]) == sorted(east)
+    assert ids(target.describe("eu-west-1")[0]) == sorted(west)
+
+
+def test_the_default_chain_target_learns_its_account_from_sts(sim: FastLaunchSimulator) -> None:
+    target = source()
+
+    assert target.known_account_id == ""
+    assert target.account_id() == ACCOUNT
+    assert target.scope(REGION).account_id == ACCOUNT
+    assert target.scope(REGION).target == ACCOUNT
+
+
+def test_two_assumed_roles_each_see_only_their_own_accounts_images(clock: ManualClock) -> None:
+    first_images = simulator_for(FIRST, REGION).seed(2)
+    second_images = simulator_for(SECOND, REGION).seed(3)
+    simulator_for(ACCOUNT, REGION).seed(4)
+    first = source(TargetSettings(name="first", role_arn=role_arn(FIRST)), index=0)
+    second = source(TargetSettings(name="second", role_arn=role_arn(SECOND)), index=1)
+
+    assert ids(first.describe(REGION)[0]) == sorted(first_images)
+    assert ids(second.describe(REGION)[0]) == sorted(second_images)
+    assert (first.account_id(), second.account_id()) == (FIRST, SECOND)
+    assert first.scope(REGION).target == "first"
+
+
+def test_the_role_is_assumed_once_and_reused_across_describes_and_regions(
+    clock: ManualClock,
+) -> None:
+    simulator_for(FIRST, REGION).seed(2)
+    target = source(TargetSettings(regions=(REGION, "eu-west-1"), role_arn=role_arn(FIRST)))
+
+    for _ in range(3):
+        for region in target.regions:
+            target.describe(region)
+    permitted = target.check(REGION).permitted
+
+    assert permitted
+    assert assume_role_calls(FIRST) == 1
+
+
+def test_the_role_is_assumed_with_the_monitors_session_name_and_the_external_id(
+    clock: ManualClock,
+) -> None:
+    target = source(TargetSettings(role_arn=role_arn(FIRST), external_id="shared-secret-id"))
+
+    target.describe(REGION)
+
+    from moto.sts.models import sts_backends
+
+    (assumed,) = sts_backends[FIRST]["aws"].assumed_roles
+    assert assumed.role_arn == role_arn(FIRST)
+    assert assumed.session_name == ROLE_SESSION_NAME
+    assert assumed.external_id == "shared-secret-id"
+
+
+def test_the_role_is_assumed_again_only_when_its_credentials_near_expiry(
+    clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # moto's STS dates the credentials (one hour by default) by this clock too, so the
+    # adapter and AWS agree on the time.
+    monkeypatch.setattr("moto.sts.models.utcnow", lambda: clock.now().replace(tzinfo=None))
+    target = TargetSource(0, TargetSettings(role_arn=role_arn(FIRST)), NO_RETRIES, clock=clock.now)
+
+    target.describe(REGION)
+    clock.advance(timedelta(minutes=40).total_seconds())
+    target.describe(REGION)
+    still_fresh = assume_role_calls(FIRST)
+    clock.advance(timedelta(minutes=16).total_seconds())
+    target.describe(REGION)
+    target.describe(REGION)
+    renewed = assume_role_calls(FIRST)
+    clock.advance(timedelta(hours=2).total_seconds())
+    target.describe(REGION)
+
+    assert still_fresh == 1
+    assert renewed == 2
+    assert assume_role_calls(FIRST) == 3
+
+
+def test_a_throttled_describe_is_retried_until_it_succeeds(
+    sim: FastLaunchSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim.seed(2)
+    sim.throttle(2)
+    backoffs: list[float] = []
+    # botocore backs off up to a second or two between attempts; record it instead of waiting.
+    monkeypatch.setattr("botocore.endpoint.time.sleep", backoffs.append)
+
+    items, pages = source(aws=AwsSettings(max_attempts=3)).describe(REGION)
+
+    assert len(items) == 2
+    assert pages == 1
+    assert sim.calls == 3
+    assert len(backoffs) == 2
+
+
+def test_throttling_past_max_attempts_fails_with_request_limit_exceeded(
+    sim: FastLaunchSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim.seed(2)
+    sim.throttle(3)
+    monkeypatch.setattr("botocore.endpoint.time.sleep", lambda seconds: None)
+
+    with pytest.raises(SourceError) as failed:
+        source(aws=AwsSettings(max_attempts=3)).describe(REGION)
+
+    assert failed.value.code == "RequestLimitExceeded"
+    # max_attempts counts the first attempt, as AWS's own config file does.
+    assert sim.calls == 3
+
+
+def test_an_unparseable_response_is_an_invalid_response_error(sim: FastLaunchSimulator) -> None:
+    sim.seed(2)
+    sim.garbage(1)
+
+    with pytest.raises(SourceError) as failed:
+        source().describe(REGION)
+
+    assert failed.value.code == "InvalidResponse"
+
+
+def test_a_denied_describe_fails_with_unauthorized_operation(sim: FastLaunchSimulator) -> None:
+    sim.deny()
+
+    with pytest.raises(SourceError) as failed:
+        source().describe(REGION)
+
+    assert failed.value.code == "UnauthorizedOperation"
+
+
+def test_a_looping_next_token_is_an_error_and_does_not_hang(sim: FastLaunchSimulator) -> None:
+    sim.seed(450)
+    sim.loop_next_token()
+    target = source()
+    outcome: list[BaseException] = []
+
+    def describe() -> None:
+        try:
+            target.describe(REGION)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    # In a thread of its own, so that a regression fails this test instead of hanging the run.
+    worker = threading.Thread(target=describe, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+
+    assert not worker.is_alive(), "describe is still paging"
+    (error,) = outcome
+    assert isinstance(error, SourceError)
+    assert error.code == "RepeatedNextToken"
+    assert sim.calls == 2
+
+
+def test_check_is_permitted_when_the_dry_run_would_have_succeeded(
+    sim: FastLaunchSimulator,
+) -> None:
+    outcome = source().check(REGION)
+
+    assert outcome.permitted
+    assert outcome.detail == "permitted"
+    assert sim.images() == ()
+
+
+def test_check_is_denied_when_the_caller_may_not_describe(sim: FastLaunchSimulator) -> None:
+    sim.deny()
+
+    outcome = source().check(REGION)
+
+    assert not outcome.permitted
+    assert outcome.detail.startswith("denied")
+
+
+def test_a_named_profile_gives_the_target_its_credentials_and_region(
+    clock: ManualClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "aws-config").write_text("[profile ops]\nregion = eu-west-1\n")
+    (tmp_path / "aws-credentials").write_text(
+        "[ops]\naws_access_key_id = opskey\naws_secret_access_key = opssecret\n"
+    )
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(variable)
+    irish = simulator_for(ACCOUNT, "eu-west-1").seed(1)
+
+    target = source(TargetSettings(profile="ops"))
+
+    assert target.regions == ("eu-west-1",)
+    assert ids(target.describe("eu-west-1")[0]) == irish
+
+
+def test_an_unknown_profile_is_a_config_error_naming_the_key(clock: ManualClock) -> None:
+    with pytest.raises(ConfigError) as failed:
+        source(TargetSettings(profile="nope"), index=2)
+
+    assert failed.value.key == "targets[2].profile"
+
+
+def test_a_target_without_any_region_is_a_config_error(
+    clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+
+    with pytest.raises(ConfigError) as failed:
+        source()
+
+    assert failed.value.key == "targets[0].regions"
+
+
+@pytest.mark.slow
+def test_the_endpoint_can_be_set_in_the_config_or_by_botocores_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_EC2", raising=False)
+    with start_server() as server:
+        server.reset()
+        seeded = simulator_for(ACCOUNT, REGION).seed(2)
+        configured = source(aws=AwsSettings(max_attempts=1, endpoint_url=server.endpoint_url))
+        from_configuration = configured.describe(REGION)[0]
+        monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", server.endpoint_url)
+        from_variable = source().describe(REGION)[0]
+        server.reset()
+
+    assert ids(from_configuration) == ids(from_variable) == sorted(seeded)

@@ -1,0 +1,394 @@
+"""One poll cycle, from the simulator through botocore to a real store and the metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from monitor.aws import RawImage, TargetSource
+from monitor.cycle import CycleResult
+from monitor.metrics import MAX_PARALLEL_LAUNCHES, STATE, TARGET_RESOURCE_COUNT
+from monitor.model import REMOVED
+from monitor.settings import TargetSettings
+from monitor.simulator import ManualClock, simulator_for
+from monitor.store import Store, create_engine_for, upgrade
+from tests.fakes import (
+    ACCOUNT,
+    NO_RETRIES,
+    REGION,
+    START,
+    GatedSource,
+    Monitor,
+    PeakCountingSource,
+    monitor,
+    role_arn,
+    simulated_aws,
+    source,
+    wait_for,
+)
+
+FIRST = "111111111111"
+SECOND = "222222222222"
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ManualClock]:
+    """moto with the simulator, on a manual clock that the cycle reads too."""
+    with simulated_aws(monkeypatch, tmp_path) as manual:
+        yield manual
+
+
+@pytest.fixture
+def sqlite_store(sqlite_url: str) -> Iterator[Store]:
+    """A migrated SQLite store, for the tests that are about the cycle, not the database."""
+    engine = create_engine_for(sqlite_url)
+    upgrade(engine)
+    yield Store(engine)
+    engine.dispose()
+
+
+def labels(image_id: str, *, target: str = ACCOUNT, account: str = ACCOUNT) -> dict[str, str]:
+    return {"target": target, "account_id": account, "region": REGION, "image_id": image_id}
+
+
+def scope_labels(*, target: str = ACCOUNT, account: str = ACCOUNT) -> dict[str, str]:
+    return {"target": target, "account_id": account, "region": REGION}
+
+
+def state_of(mon: Monitor, image_id: str, state: str) -> float | None:
+    return mon.sample(STATE, **labels(image_id), state=state)
+
+
+def test_a_first_cycle_records_an_appeared_transition_per_image(
+    clock: ManualClock, store: Store
+) -> None:
+    sim = simulator_for(ACCOUNT, REGION)
+    enabled = sim.seed(3, states="enabled")
+    (enabling,) = sim.seed(1, states="enabling")
+
+    with monitor(store, [source()], clock=clock) as mon:
+        result = mon.cycle.run()
+
+        assert result.transitions == 4
+        assert not result.failed
+        assert result.summary() == "1 scopes polled, 0 failed, 4 images, 4 transitions"
+        recorded = {entry.transition.image_id: entry for entry in store.history()}
+        assert sorted(recorded) == sorted([*enabled, enabling])
+        assert {entry.transition.previous_state for entry in recorded.values()} == {None}
+        assert recorded[enabling].transition.new_state == "enabling"
+        assert recorded[enabling].scope.account_id == ACCOUNT
+        assert len(store.current_images()) == 4
+        assert state_of(mon, enabling, "enabling") == 1.0
+        assert state_of(mon, enabling, "enabled") == 0.0
+        assert mon.sample(TARGET_RESOURCE_COUNT, **labels(enabled[0])) is not None
+        assert mon.sample("fastlaunch_poll_success", **scope_labels()) == 1.0
+        transitions = mon.sample("fastlaunch_transitions_total", **scope_labels(), state="enabled")
+        assert transitions == 3.0
+        assert mon.cycle.last_success() == {("targets[0]", REGION): START}
+
+
+def test_an_unchanged_cycle_records_no_transition(clock: ManualClock, store: Store) -> None:
+    simulator_for(ACCOUNT, REGION).seed(3)
+
+    with monitor(store, [source()], clock=clock) as mon:
+        mon.cycle.run()
+        clock.advance(300)
+        again = mon.cycle.run()
+
+    assert again.transitions == 0
+    assert not again.failed
+    assert len(store.history()) == 3
+    (poll,) = store.latest_polls()
+    assert poll.ok
+    assert poll.started_at == START + timedelta(seconds=300)
+
+
+def test_a_forced_failure_is_recorded_with_its_reason_and_its_time_to_the_millisecond(
+    clock: ManualClock, store: Store
+) -> None:
+    sim = simulator_for(ACCOUNT, REGION)
+    image_id, _ = sim.seed(2, states="enabling")
+
+    with monitor(store, [source()], clock=clock) as mon:
+        mon.cycle.run()
+        failed_at = clock.advance(61.2345)
+        sim.force_state(image_id, "enabling-failed", "Client.InvalidLaunchTemplate: not found")
+        result = mon.cycle.run()
+        failed_at_ms = failed_at.replace(microsecond=failed_at.microsecond // 1000 * 1000)
+
+        (transition,) = result.polls[0].transitions
+        assert transition.previous_state == "enabling"
+        assert transition.new_state == "enabling-failed"
+        assert transition.reason == "Client.InvalidLaunchTemplate: not found"
+        assert transition.transition_time == failed_at_ms
+        newest = store.history(image_id=image_id, limit=1)[0].transition
+        assert newest == transition
+        assert newest.transition_time.microsecond == 234000
+        assert state_of(mon, image_id, "enabling-failed") == 1.0
+        assert mon.sample(
+            "fastlaunch_image_state_transition_timestamp_seconds", **labels(image_id)
+        ) == pytest.approx(failed_at_ms.timestamp())
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [("throttle", "RequestLimitExceeded"), ("deny", "UnauthorizedOperation")],
+)
+def test_a_failed_poll_changes_no_image_and_the_gauges_keep_their_values(
+    clock: ManualClock, store: Store, fault: str, code: str
+) -> None:
+    sim = simulator_for(ACCOUNT, REGION)
+    image_id, other = sim.seed(2, states="enabled", target_resource_count=7)
+
+    with monitor(store, [source()], clock=clock) as mon:
+        mon.cycle.run()
+        before = store.current_images()
+        sim.force_state(image_id, "enabled-failed")
+        sim.remove(other)
+        getattr(sim, fault)()
+        clock.advance(60)
+        result = mon.cycle.run()
+
+        (failed,) = result.failed
+        assert failed.result.error_code == code
+        assert failed.transitions == ()
+        assert store.current_images() == before
+        assert len(store.history()) == 2
+        assert not store.latest_polls()[0].ok
+        assert mon.sample("fastlaunch_poll_success", **scope_labels()) == 0.0
+        errors = mon.sample("fastlaunch_poll_errors_total", **scope_labels(), error=code)
+        assert errors == 1.0
+        assert state_of(mon, image_id, "enabled") == 1.0
+        assert mon.sample(TARGET_RESOURCE_COUNT, **labels(other)) == 7.0
+        assert mon.sample(MAX_PARALLEL_LAUNCHES, **labels(other)) == 6.0
+        assert mon.cycle.last_success() == {("targets[0]", REGION): START}
+
+
+def test_a_failing_target_does_not_stop_a_healthy_one_in_the_same_cycle(
+    clock: ManualClock, sqlite_store: Store
+) -> None:
+    simulator_for(FIRST, REGION).deny()
+    healthy = simulator_for(SECOND, REGION).seed(2)
+    failing = source(TargetSettings(name="failing", role_arn=role_arn(FIRST)), index=0)
+    working = source(TargetSettings(name="working", role_arn=role_arn(SECOND)), index=1)
+
+    with monitor(sqlite_store, [failing, working], clock=clock) as mon:
+        result = mon.cycle.run()
+
+        assert [poll.result.ok for poll in result.polls] == [False, True]
+        assert sorted(s.image.image_id for s in sqlite_store.current_images()) == sorted(healthy)
+        working_scope = scope_labels(target="working", account=SECOND)
+        assert mon.sample("fastlaunch_poll_success", **working_scope) == 1.0
+        failing_scope = scope_labels(target="failing", account=FIRST)
+        assert mon.sample("fastlaunch_poll_success", **failing_scope) == 0.0
+
+
+def test_a_slow_target_does_not_hold_up_the_others(clock: ManualClock, sqlite_store: Store) -> None:
+    simulator_for(FIRST, REGION).seed(1)
+    quick = simulator_for(SECOND, REGION).seed(2)
+    slow = GatedSource(0, TargetSettings(name="slow", role_arn=role_arn(FIRST)), NO_RETRIES)
+    fast = source(TargetSettings(name="fast", role_arn=role_arn(SECOND)), index=1)
+
+    with monitor(sqlite_store, [slow, fast], clock=clock, max_concurrency=2) as mon:
+        running = threading.Thread(target=mon.cycle.run)
+        running.start()
+        try:
+            assert slow.entered.wait(timeout=10)
+            stored = wait_for(sqlite_store.current_images, what="the fast target's images")
+            fast_images = sorted(s.image.image_id for s in stored)
+            still_running = running.is_alive()
+        finally:
+            slow.release()
+            running.join(timeout=10)
+
+    assert fast_images == sorted(quick)
+    assert still_running
+
+
+def test_an_image_disabled_and_gone_is_recorded_as_removed_and_its_series_dropped(
+    clock: ManualClock, store: Store
+) -> None:
+    sim = simulator_for(ACCOUNT, REGION)
+    leaving, staying = sim.seed(2)
+
+    with monitor(store, [source()], clock=clock) as mon:
+        mon.cycle.run()
+        sim.disable(leaving)
+        mon.cycle.run()
+        disabling = state_of(mon, leaving, "disabling")
+        clock.advance(sim.timings.disabling_seconds + 1)
+        result = mon.cycle.run()
+
+        assert disabling == 1.0
+        (removal,) = result.polls[0].transitions
+        assert (removal.image_id, removal.previous_state) == (leaving, "disabling")
+        assert removal.new_state == REMOVED
+        assert [entry.transition.new_state for entry in store.history(image_id=leaving)] == [
+            REMOVED,
+            "disabling",
+            "enabled",
+        ]
+        assert [s.image.image_id for s in store.current_images()] == [staying]
+        assert state_of(mon, leaving, "disabling") is None
+        assert mon.sample(TARGET_RESOURCE_COUNT, **labels(leaving)) is None
+        assert state_of(mon, staying, "enabled") == 1.0
+
+
+def test_two_targets_reaching_one_account_and_region_the_second_fails_with_duplicate_scope(
+    clock: ManualClock, sqlite_store: Store
+) -> None:
+    images = simulator_for(FIRST, REGION).seed(2)
+    first = source(TargetSettings(name="first", role_arn=role_arn(FIRST)), index=0)
+    again = TargetSettings(name="again", role_arn=f"arn:aws:iam::{FIRST}:role/Other")
+    second = source(again, index=1)
+
+    with monitor(sqlite_store, [first, second], clock=clock) as mon:
+        cycles = [mon.cycle.run(), mon.cycle.run()]
+
+    for result in cycles:
+        owner, duplicate = result.polls
+        assert owner.result.ok
+        assert duplicate.result.error_code == "DuplicateScope"
+        assert "first" in (duplicate.result.error_message or "")
+    stored = sqlite_store.current_images()
+    assert sorted(s.image.image_id for s in stored) == sorted(images)
+    assert {s.scope.target for s in stored} == {"first"}
+    assert len(sqlite_store.history()) == 2
+
+
+class LateSource(GatedSource):
+    """A target whose poll waits at the gate before it even learns its account."""
+
+    def account_id(self) -> str:
+        self.pass_gate()
+        return super().account_id()
+
+
+def test_the_first_configured_target_owns_a_shared_scope_even_when_it_comes_late(
+    clock: ManualClock, sqlite_store: Store
+) -> None:
+    simulator_for(FIRST, REGION).seed(1)
+    late = LateSource(0, TargetSettings(name="first", role_arn=role_arn(FIRST)), NO_RETRIES)
+    again = TargetSettings(name="again", role_arn=f"arn:aws:iam::{FIRST}:role/Other")
+
+    with monitor(sqlite_store, [late, source(again, index=1)], clock=clock) as mon:
+        running = threading.Thread(target=mon.cycle.run)
+        running.start()
+        try:
+            assert late.entered.wait(timeout=10)
+            (refused,) = wait_for(sqlite_store.latest_polls, what="the second target's poll")
+        finally:
+            late.release()
+            running.join(timeout=10)
+
+    assert refused.scope.target == "again"
+    assert refused.error_code == "DuplicateScope"
+    assert {poll.scope.target: poll.ok for poll in sqlite_store.latest_polls()} == {
+        "first": True,
+        "again": False,
+    }
+
+
+def test_max_concurrency_bounds_the_scopes_polled_at_once(
+    clock: ManualClock, sqlite_store: Store
+) -> None:
+    regions = ("us-east-1", "us-west-2", "eu-west-1", "ap-southeast-2")
+    for region in regions:
+        simulator_for(ACCOUNT, region).latency(0.2)
+    target = PeakCountingSource(0, TargetSettings(regions=regions), NO_RETRIES)
+    target.account_id()
+
+    with monitor(sqlite_store, [target], clock=clock, max_concurrency=2) as mon:
+        started = time.monotonic()
+        result = mon.cycle.run()
+        took = time.monotonic() - started
+
+    assert len(result.polls) == 4
+    assert not result.failed
+    assert target.peak == 2
+    assert took >= 0.4
+
+
+def test_an_unknown_state_is_kept_and_warned_about_once(
+    clock: ManualClock, sqlite_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = simulator_for(ACCOUNT, REGION)
+    odd = sim.seed(2, states="enabled-paused")
+    caplog.set_level(logging.WARNING, logger="monitor")
+
+    with monitor(sqlite_store, [source()], clock=clock) as mon:
+        mon.cycle.run()
+        mon.cycle.run()
+
+        assert state_of(mon, odd[0], "enabled-paused") == 1.0
+    warnings = [r for r in caplog.records if "enabled-paused" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].levelno == logging.WARNING
+    assert {s.image.state for s in sqlite_store.current_images()} == {"enabled-paused"}
+
+
+def test_a_stopped_cycle_polls_nothing(clock: ManualClock, sqlite_store: Store) -> None:
+    simulator_for(ACCOUNT, REGION).seed(1)
+    stop = threading.Event()
+    stop.set()
+
+    with monitor(sqlite_store, [source()], clock=clock, stop=stop) as mon:
+        result = mon.cycle.run()
+
+    assert result.polls == ()
+    assert sqlite_store.latest_polls() == []
+
+
+def test_closing_the_cycle_drops_the_scopes_not_started_and_run_returns_the_rest(
+    clock: ManualClock, sqlite_store: Store
+) -> None:
+    simulator_for(FIRST, REGION).seed(1)
+    first = GatedSource(0, TargetSettings(name="first", role_arn=role_arn(FIRST)), NO_RETRIES)
+    never = source(TargetSettings(name="never", role_arn=role_arn(SECOND)), index=1)
+    results: list[CycleResult] = []
+
+    with monitor(sqlite_store, [first, never], clock=clock, max_concurrency=1) as mon:
+        running = threading.Thread(target=lambda: results.append(mon.cycle.run()))
+        running.start()
+        try:
+            assert first.entered.wait(timeout=10)
+            mon.cycle.close()
+        finally:
+            first.release()
+            running.join(timeout=10)
+
+    (result,) = results
+    assert [poll.result.scope.target for poll in result.polls] == ["first"]
+    assert [poll.scope.target for poll in sqlite_store.latest_polls()] == ["first"]
+
+
+class BrokenSource(TargetSource):
+    """A target whose describe hits a bug rather than an AWS error."""
+
+    def describe(self, region: str) -> tuple[list[RawImage], int]:
+        raise KeyError("a bug")
+
+
+def test_a_bug_in_one_scope_is_its_failed_poll_and_the_others_carry_on(
+    clock: ManualClock, sqlite_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    healthy = simulator_for(SECOND, REGION).seed(1)
+    broken = BrokenSource(0, TargetSettings(name="broken", role_arn=role_arn(FIRST)), NO_RETRIES)
+    working = source(TargetSettings(name="working", role_arn=role_arn(SECOND)), index=1)
+
+    with monitor(sqlite_store, [broken, working], clock=clock) as mon:
+        result = mon.cycle.run()
+
+        failed, succeeded = result.polls
+        assert failed.result.error_code == "KeyError"
+        assert succeeded.result.ok
+        assert [s.image.image_id for s in sqlite_store.current_images()] == healthy
+        broken_scope = scope_labels(target="broken", account=FIRST)
+        assert mon.sample("fastlaunch_poll_success", **broken_scope) == 0.0
+    assert any(r.exc_info for r in caplog.records if "broken" in r.getMessage())
