@@ -186,6 +186,8 @@ alert_outbox = Table(
     Column("delivered_at", UTCDateTime(), nullable=True),
     Column("failed_at", UTCDateTime(), nullable=True),
     Column("last_error", Text(), nullable=True),
+    # Alertmanager wants firing alerts re-sent while they last: when the next one is due.
+    Column("resend_at", UTCDateTime(), nullable=True),
     CheckConstraint("kind IN ('failed', 'stuck')", name="kind"),
     CheckConstraint("status IN ('firing', 'resolved')", name="status"),
     # One alert per receiver and transition, whatever retries or races happen upstream.
@@ -207,4 +209,41 @@ alert_outbox = Table(
         sqlite_where=text("delivered_at IS NULL AND failed_at IS NULL"),
         postgresql_where=text("delivered_at IS NULL AND failed_at IS NULL"),
     ),
+    Index(
+        "ix_alert_outbox_resend",
+        "resend_at",
+        sqlite_where=text("resend_at IS NOT NULL"),
+        postgresql_where=text("resend_at IS NOT NULL"),
+    ),
+)
+
+#: Every delivery attempt of an outbox entry: when, what came back, how long it took.
+alert_attempts = Table(
+    "alert_attempts",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column(
+        "outbox_id",
+        _ID,
+        ForeignKey("alert_outbox.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("attempted_at", UTCDateTime(), nullable=False),
+    Column("outcome", String(), nullable=False),
+    Column("status_code", Integer(), nullable=True),
+    Column("error", Text(), nullable=True),
+    Column("duration_seconds", Float(), nullable=False),
+    CheckConstraint("outcome IN ('delivered', 'retry', 'failed')", name="outcome"),
+)
+
+#: Receivers that answered 410 Gone, with a fingerprint of their config at the time: they stay
+#: disabled until their config changes.
+disabled_receivers = Table(
+    "disabled_receivers",
+    metadata,
+    Column("receiver", String(), primary_key=True),
+    Column("fingerprint", String(), nullable=False),
+    Column("disabled_at", UTCDateTime(), nullable=False),
+    Column("reason", Text(), nullable=False),
 )

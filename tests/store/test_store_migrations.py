@@ -24,7 +24,7 @@ from monitor.store import (
 from monitor.store.migrations import alembic_config, migrating, migrations_dir
 from monitor.store.schema import history, metadata
 
-TABLES = {"images", "history", "polls", "alert_outbox"}
+TABLES = {"images", "history", "polls", "alert_outbox", "alert_attempts", "disabled_receivers"}
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def _tables(engine: Engine) -> set[str]:
 
 def test_the_migrations_are_found_in_the_source_checkout() -> None:
     assert (migrations_dir() / "env.py").is_file()
-    assert head_revision() == "0001"
+    assert head_revision() == "0002"
 
 
 def test_upgrade_from_empty_creates_every_table_at_head(empty_engine: Engine) -> None:
