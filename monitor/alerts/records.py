@@ -31,6 +31,10 @@ class OutboxEntry:
     payload: Mapping[str, Any]
     attempts: int
     created_at: datetime
+    #: The lease this claim holds; finishing the entry is refused once another claim took it.
+    lease_until: datetime | None = None
+    #: True for an already delivered Alertmanager alert that is re-sent while it fires.
+    resending: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ a no-op in the outbox; the event id is derived from it, so it is the same for ev
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -208,3 +208,25 @@ def alerts_for_poll(
         for receiver in receivers:
             add(receiver, STUCK, FIRING, image.state, image.state_transition_time, still, image)
     return events
+
+
+def alert_policy(
+    receivers: Sequence[Receiver], stuck_after: float
+) -> Callable[
+    [Scope, Mapping[str, FastLaunchImage], ImageDiff, Sequence[FastLaunchImage], datetime],
+    list[AlertEvent],
+]:
+    """The store's alert policy for these receivers: `alerts_for_poll` with them bound."""
+
+    def policy(
+        scope: Scope,
+        previous: Mapping[str, FastLaunchImage],
+        diff: ImageDiff,
+        current: Sequence[FastLaunchImage],
+        observed_at: datetime,
+    ) -> list[AlertEvent]:
+        return alerts_for_poll(
+            scope, previous, diff, receivers, observed_at, stuck_after=stuck_after, current=current
+        )
+
+    return policy

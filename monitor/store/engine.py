@@ -116,6 +116,13 @@ def _postgres_engine(url: URL, pool_size: int) -> Engine:
     )
 
 
+def dialect_insert(bind: Connection | Engine) -> Any:
+    """The dialect's `insert`: both offer the same `on_conflict_*` methods and `excluded`."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return sqlite.insert if bind.dialect.name == "sqlite" else postgresql.insert
+
+
 def writer(engine: Engine) -> Engine:
     """Return `engine` set up so that each transaction it begins is a write transaction.
 

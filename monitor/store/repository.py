@@ -7,18 +7,18 @@ how many images there are: an unchanged poll of any size is one SELECT and one I
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, Row, bindparam, delete, func, insert, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 
 from monitor.diff import diff_images
 from monitor.model import (
     AppliedPoll,
     FastLaunchImage,
     HistoryEntry,
+    ImageDiff,
     PollResult,
     PollSummary,
     Scope,
@@ -26,8 +26,12 @@ from monitor.model import (
     Transition,
 )
 from monitor.normalise import to_utc
-from monitor.store.engine import database_errors, writer
+from monitor.store.engine import database_errors, dialect_insert, writer
+from monitor.store.outbox import insert_alerts
 from monitor.store.schema import history, images, polls
+
+if TYPE_CHECKING:
+    from monitor.alerts.rules import AlertEvent
 
 # The columns that make up a FastLaunchImage, in the order of its fields after image_id.
 _IMAGE_COLUMNS = (
@@ -50,6 +54,15 @@ _IMAGE_KEY = (images.c.account_id, images.c.region, images.c.image_id)
 UNKNOWN_ERROR = "UnknownError"
 
 
+#: Decides which alerts a poll causes (see `monitor.alerts.rules.alerts_for_poll`): given the
+#: scope, its stored images before the poll, the diff, the poll's images and the observation
+#: time. Called inside the poll's transaction, so alerts exist exactly when their transitions do.
+AlertPolicy = Callable[
+    [Scope, Mapping[str, FastLaunchImage], ImageDiff, Sequence[FastLaunchImage], datetime],
+    Sequence["AlertEvent"],
+]
+
+
 class Store:
     """Reads and writes the monitor's state; every method is one short transaction.
 
@@ -57,9 +70,10 @@ class Store:
     Safe to share between threads: each call takes its own connection from the engine's pool.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, alert_policy: AlertPolicy | None = None) -> None:
         self._engine = engine
         self._writer = writer(engine)
+        self._alert_policy = alert_policy
 
     def apply_poll(self, result: PollResult, observed_at: datetime) -> AppliedPoll:
         """Record one poll of one scope, and what it changed, in one transaction.
@@ -83,6 +97,10 @@ class Store:
                 _insert_history(connection, scope, diff.transitions, observed_at, poll_id)
             if diff.upserts:
                 _upsert_images(connection, scope, diff.upserts, observed_at)
+            if self._alert_policy is not None:
+                events = self._alert_policy(scope, previous, diff, result.images, observed_at)
+                if events:
+                    insert_alerts(connection, events, observed_at)
             if diff.removed:
                 connection.execute(
                     delete(images).where(
@@ -194,11 +212,6 @@ def _insert_poll(connection: Connection, result: PollResult) -> int:
     return poll_id
 
 
-def _dialect_insert(connection: Connection) -> Any:
-    # Both dialects' insert() offer the same on_conflict_* methods and `excluded`.
-    return sqlite.insert if connection.dialect.name == "sqlite" else postgresql.insert
-
-
 def _insert_history(
     connection: Connection,
     scope: Scope,
@@ -207,7 +220,7 @@ def _insert_history(
     poll_id: int,
 ) -> None:
     # DO NOTHING: a transition another writer already recorded is not an error, just done.
-    statement = _dialect_insert(connection)(history).on_conflict_do_nothing()
+    statement = dialect_insert(connection)(history).on_conflict_do_nothing()
     connection.execute(
         statement,
         [
@@ -234,7 +247,7 @@ def _upsert_images(
     upserts: Sequence[FastLaunchImage],
     observed_at: datetime,
 ) -> None:
-    statement = _dialect_insert(connection)(images)
+    statement = dialect_insert(connection)(images)
     # Everything but the key and first_seen_at follows the latest poll.
     kept = {column.name for column in _IMAGE_KEY} | {"first_seen_at"}
     statement = statement.on_conflict_do_update(
