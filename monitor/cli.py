@@ -14,8 +14,9 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from monitor import __version__
@@ -25,6 +26,10 @@ from monitor.errors import ConfigError, MonitorError, SchemaBehindError
 from monitor.logs import LEVELS, setup_logging
 from monitor.model import HistoryEntry, PollSummary, StoredImage
 from monitor.settings import Settings, config_path, load_settings
+from monitor.store import Store
+
+if TYPE_CHECKING:
+    from monitor.store.outbox import OutboxView
 
 PROG = "fastlaunch-monitor"
 
@@ -72,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--since", type=_duration, metavar="DURATION", help='e.g. "1h", "7d"')
     history.add_argument("--limit", type=_positive_int, default=100, metavar="N")
     history.add_argument("--json", action="store_true")
+    alerts = commands.add_parser("alerts", help="the alert outbox and its deliveries")
+    alerts.add_argument("--pending", action="store_true", help="only alerts not delivered yet")
+    alerts.add_argument("--limit", type=_positive_int, default=100, metavar="N")
+    alerts.add_argument("--json", action="store_true")
     commands.add_parser("check", help="validate config and database, DryRun every target")
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)
@@ -151,9 +160,9 @@ def _print_json(document: object) -> None:
     sys.stdout.write("\n")
 
 
-def _open_read_only(settings: Settings) -> Any:
-    """The store for commands that only read: never creates or migrates a database."""
-    from monitor.store import Store, create_engine_for, ensure_schema_current
+def _open_read_only(settings: Settings) -> Engine:
+    """The database for commands that only read: never creates or migrates one."""
+    from monitor.store import create_engine_for, ensure_schema_current
 
     url = make_url(settings.database.url)
     if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
@@ -162,11 +171,11 @@ def _open_read_only(settings: Settings) -> Any:
         )
     engine = create_engine_for(settings.database.url)
     ensure_schema_current(engine)
-    return Store(engine)
+    return engine
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    store = _open_read_only(settings)
+    store = Store(_open_read_only(settings))
     images = sorted(
         store.current_images(),
         key=lambda s: (s.scope.target, s.scope.region, s.image.image_id),
@@ -201,7 +210,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
-    store = _open_read_only(settings)
+    store = Store(_open_read_only(settings))
     since = None if args.since is None else utc_now() - timedelta(seconds=args.since)
     entries = store.history(image_id=args.image_id, since=since, limit=args.limit)
     if args.json:
@@ -224,12 +233,83 @@ def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _alert_json(view: OutboxView) -> dict[str, Any]:
+    entry = view.entry
+    return {
+        "event_id": entry.event_id,
+        "receiver": entry.receiver,
+        "status": entry.status,
+        "kind": entry.kind,
+        "target": entry.scope.target,
+        "account_id": entry.scope.account_id,
+        "region": entry.scope.region,
+        "image_id": entry.image_id,
+        "state": entry.state,
+        "since": rfc3339(entry.since),
+        "created_at": rfc3339(entry.created_at),
+        "outcome": view.outcome,
+        "next_attempt_at": rfc3339(view.next_attempt_at) if view.outcome == "pending" else None,
+        "delivered_at": rfc3339(view.delivered_at),
+        "failed_at": rfc3339(view.failed_at),
+        "last_error": view.last_error,
+        "attempts": [
+            {
+                "attempted_at": rfc3339(a.attempted_at),
+                "outcome": a.outcome,
+                "status_code": a.status_code,
+                "error": a.error,
+                "duration_seconds": round(a.duration_seconds, 3),
+            }
+            for a in view.attempts
+        ],
+    }
+
+
+def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
+    from monitor.store.outbox import Outbox
+
+    views = Outbox(_open_read_only(settings)).listing(pending_only=args.pending, limit=args.limit)
+    if args.json:
+        _print_json({"alerts": [_alert_json(v) for v in views]})
+        return 0
+    rows = [
+        (
+            rfc3339(v.entry.created_at) or "-",
+            v.entry.receiver,
+            v.entry.status,
+            v.entry.kind,
+            v.entry.image_id,
+            v.entry.state,
+            v.outcome,
+            str(len(v.attempts)),
+            v.last_error or "",
+        )
+        for v in views
+    ]
+    header = (
+        "CREATED",
+        "RECEIVER",
+        "STATUS",
+        "KIND",
+        "IMAGE",
+        "STATE",
+        "OUTCOME",
+        "ATTEMPTS",
+        "LAST_ERROR",
+    )
+    print(_table(rows, header) if rows else "no alerts")
+    return 0
+
+
 def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
     from monitor.daemon import open_runtime
 
     runtime = open_runtime(settings)
     try:
         result = runtime.cycle.run()
+        if runtime.dispatcher is not None:
+            # One delivery attempt of what is due; the daemon retries what this one could not.
+            runtime.dispatcher.dispatch_due()
     finally:
         runtime.close()
     for applied in result.polls:
@@ -306,6 +386,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "poll": cmd_poll,
     "status": cmd_status,
     "history": cmd_history,
+    "alerts": cmd_alerts,
     "check": cmd_check,
     "db": cmd_db,
 }

@@ -22,6 +22,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, disable_created_metrics
 from sqlalchemy import Engine
 
+from monitor.alerts.dispatcher import Dispatcher
+from monitor.alerts.rules import Receiver, alert_policy
 from monitor.aws import TargetSource
 from monitor.current import CurrentState
 from monitor.cycle import Clock, Cycle, CycleResult, utc_now
@@ -30,11 +32,15 @@ from monitor.http import HttpServer, Readiness, serve
 from monitor.metrics import MonitorMetrics, build_registry
 from monitor.settings import Settings
 from monitor.store import Store, create_engine_for, upgrade
+from monitor.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
 #: SPEC §7: on SIGTERM the in-flight poll is finished or abandoned within 10 s.
 STOP_BOUND_SECONDS = 8.0
+
+#: How often the dispatcher looks for due alerts (a cheap indexed read when none are due).
+DISPATCH_TICK_SECONDS = 1.0
 
 
 def build_sources(settings: Settings) -> list[TargetSource]:
@@ -53,10 +59,14 @@ class Runtime:
     registry: CollectorRegistry
     metrics: MonitorMetrics
     cycle: Cycle
+    outbox: Outbox
+    dispatcher: Dispatcher | None
     stop: threading.Event
 
     def close(self) -> None:
         self.cycle.close()
+        if self.dispatcher is not None:
+            self.dispatcher.close()
         self.engine.dispose()
 
 
@@ -67,9 +77,16 @@ def open_runtime(settings: Settings, *, clock: Clock = utc_now) -> Runtime:
     engine = create_engine_for(
         settings.database.url, pool_size=settings.monitor.max_concurrency + 1
     )
+    receivers = [Receiver(w.name, w.states, w.send_resolved) for w in settings.webhooks]
+    policy = alert_policy(receivers, settings.monitor.stuck_after) if receivers else None
     try:
         upgrade(engine)
-        store = Store(engine)
+        store = Store(engine, policy)
+        outbox = Outbox(engine)
+        if engine.dialect.name == "sqlite":
+            # One process per SQLite file: any lease left is a dead process's; its alerts are
+            # due again now rather than when the lease would have run out.
+            outbox.release_all()
         current = CurrentState()
         current.load(store.current_images())
     except BaseException:
@@ -88,7 +105,14 @@ def open_runtime(settings: Settings, *, clock: Clock = utc_now) -> Runtime:
         clock=clock,
         stop=stop,
     )
-    return Runtime(settings, engine, store, current, registry, metrics, cycle, stop)
+    dispatcher = (
+        Dispatcher(outbox, settings.webhooks, metrics, clock=clock, stop=stop)
+        if settings.webhooks
+        else None
+    )
+    return Runtime(
+        settings, engine, store, current, registry, metrics, cycle, outbox, dispatcher, stop
+    )
 
 
 class Daemon:
@@ -98,9 +122,14 @@ class Daemon:
         self._rt = runtime
         self._interval = runtime.settings.monitor.interval
         self._jitter = runtime.settings.monitor.jitter
-        self._scheduler = BackgroundScheduler(timezone=UTC, executors={"default": SchedulerPool(1)})
+        # Delivery runs beside polling, so a dead receiver's timeouts never delay a poll.
+        self._scheduler = BackgroundScheduler(
+            timezone=UTC, executors={"default": SchedulerPool(1), "alerts": SchedulerPool(1)}
+        )
         self._idle = threading.Event()
         self._idle.set()
+        self._dispatch_idle = threading.Event()
+        self._dispatch_idle.set()
         self._http: HttpServer | None = None
         self.cycles = 0
         self.last_cycle: CycleResult | None = None
@@ -117,6 +146,19 @@ class Daemon:
             log.exception("poll cycle failed")
         finally:
             self._idle.set()
+
+    def _dispatch_job(self) -> None:
+        dispatcher = self._rt.dispatcher
+        if dispatcher is None or self._rt.stop.is_set():
+            return
+        self._dispatch_idle.clear()
+        try:
+            dispatcher.dispatch_due()
+        except Exception:
+            # The outbox keeps every alert; the next tick tries again.
+            log.exception("alert dispatch failed")
+        finally:
+            self._dispatch_idle.set()
 
     def healthy(self) -> bool:
         return bool(self._scheduler.running)
@@ -167,6 +209,18 @@ class Daemon:
             coalesce=True,
             misfire_grace_time=None,
         )
+        if self._rt.dispatcher is not None:
+            self._rt.dispatcher.update_pending()
+            self._scheduler.add_job(
+                self._dispatch_job,
+                IntervalTrigger(seconds=DISPATCH_TICK_SECONDS, timezone=UTC),
+                id="dispatch",
+                name="alert dispatch",
+                executor="alerts",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
         self._scheduler.start()
         log.info(
             "fastlaunch-monitor running: %d scopes every %ss, metrics at %s/metrics",
@@ -185,7 +239,9 @@ class Daemon:
         log.info("stopping")
         self._rt.stop.set()
         self._scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + STOP_BOUND_SECONDS
         finished = self._idle.wait(STOP_BOUND_SECONDS)
+        finished = self._dispatch_idle.wait(max(0.0, deadline - time.monotonic())) and finished
         if not finished:
             log.warning("abandoning the in-flight poll cycle: nothing of it is recorded")
         if self._http is not None:
