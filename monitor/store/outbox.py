@@ -322,7 +322,7 @@ class Outbox:
             rows = c.execute(
                 select(disabled_receivers.c.receiver, disabled_receivers.c.fingerprint)
             )
-            return dict(rows)
+            return dict(rows.all())
 
     def disable_receiver(self, receiver: str, fingerprint: str, now: datetime, reason: str) -> None:
         """Stop delivering to `receiver` until its config (`fingerprint`) changes."""

@@ -1,0 +1,202 @@
+"""The alert outbox on SQLite and PostgreSQL: enqueued with transitions, claimed, finished."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from monitor.alerts.records import DeliveryOutcome
+from monitor.alerts.rules import Receiver, alert_policy
+from monitor.model import FAILED_STATES, FastLaunchImage, PollResult, Scope
+from monitor.store import Store, create_engine_for, upgrade
+from monitor.store.outbox import DELIVERED, FAILED, RETRY, Outbox
+from monitor.store.schema import alert_attempts, alert_outbox
+
+SCOPE = Scope(target="prod", account_id="111111111111", region="us-east-1")
+T0 = datetime(2026, 11, 26, 10, 0, 0, 123000, tzinfo=UTC)
+OK = DeliveryOutcome(status=200, error=None, seconds=0.01)
+DOWN = DeliveryOutcome(status=503, error=None, seconds=0.01)
+RECEIVERS = ("ops", "pager")
+
+
+def an_image(image_id: str = "ami-1", **changes: Any) -> FastLaunchImage:
+    image = FastLaunchImage(
+        image_id=image_id,
+        state="enabled",
+        state_transition_reason="Client.UserInitiated",
+        state_transition_time=T0,
+        resource_type="snapshot",
+        target_resource_count=5,
+        max_parallel_launches=6,
+        owner_id="111111111111",
+        launch_template_id="lt-1",
+        launch_template_name=None,
+        launch_template_version="1",
+    )
+    return replace(image, **changes)
+
+
+def a_poll(*found: FastLaunchImage, at: datetime = T0) -> PollResult:
+    return PollResult(scope=SCOPE, started_at=at, duration_seconds=0.1, pages=1, images=found)
+
+
+@pytest.fixture
+def alerting(engine: Engine) -> Store:
+    policy = alert_policy([Receiver(name, FAILED_STATES) for name in RECEIVERS], 0)
+    return Store(engine, policy)
+
+
+@pytest.fixture
+def outbox(engine: Engine) -> Outbox:
+    return Outbox(engine)
+
+
+def rows(engine: Engine) -> int:
+    with engine.connect() as c:
+        return int(c.execute(select(func.count()).select_from(alert_outbox)).scalar_one())
+
+
+def test_a_failure_enqueues_one_alert_per_receiver_with_its_transition(alerting, engine):
+    alerting.apply_poll(a_poll(an_image(state="enabling-failed")), T0)
+    assert rows(engine) == 2
+
+
+def test_a_poll_applied_twice_enqueues_its_alerts_once(alerting, engine):
+    poll = a_poll(an_image(state="enabling-failed"))
+    alerting.apply_poll(poll, T0)
+    alerting.apply_poll(poll, T0 + timedelta(seconds=1))
+    assert rows(engine) == 2
+
+
+def test_a_failed_poll_enqueues_nothing(alerting, engine):
+    failed = PollResult(SCOPE, T0, 1.0, 0, None, "RequestLimitExceeded", "slow down")
+    alerting.apply_poll(failed, T0)
+    assert rows(engine) == 0
+
+
+def test_a_claimed_alert_is_not_claimed_again_until_its_lease_runs_out(alerting, outbox):
+    alerting.apply_poll(a_poll(an_image(state="enabled-failed")), T0)
+    claimed = outbox.claim_due(T0, receivers=["ops"], lease=60)
+    assert [e.receiver for e in claimed] == ["ops"]
+    assert outbox.claim_due(T0 + timedelta(seconds=59), receivers=["ops"], lease=60) == []
+    again = outbox.claim_due(T0 + timedelta(seconds=61), receivers=["ops"], lease=60)
+    assert [e.event_id for e in again] == [claimed[0].event_id]
+
+
+def test_finishing_is_refused_once_the_lease_was_taken_by_another_claim(alerting, outbox):
+    alerting.apply_poll(a_poll(an_image(state="enabled-failed")), T0)
+    (stale,) = outbox.claim_due(T0, receivers=["ops"], lease=10)
+    (fresh,) = outbox.claim_due(T0 + timedelta(seconds=11), receivers=["ops"], lease=10)
+    assert not outbox.finish(stale, OK, T0 + timedelta(seconds=12), result=DELIVERED)
+    assert outbox.finish(fresh, OK, T0 + timedelta(seconds=12), result=DELIVERED)
+
+
+def test_a_retried_alert_is_due_again_at_its_next_attempt_and_records_each_attempt(
+    alerting, outbox, engine
+):
+    alerting.apply_poll(a_poll(an_image(state="enabled-failed")), T0)
+    (entry,) = outbox.claim_due(T0, receivers=["ops"], lease=60)
+    later = T0 + timedelta(seconds=30)
+    outbox.finish(entry, DOWN, T0, result=RETRY, next_attempt_at=later)
+    assert outbox.claim_due(later - timedelta(seconds=1), receivers=["ops"], lease=60) == []
+    (retry,) = outbox.claim_due(later, receivers=["ops"], lease=60)
+    assert retry.attempts == 1
+    assert retry.event_id == entry.event_id
+    outbox.finish(retry, OK, later, result=DELIVERED)
+    (view,) = outbox.listing()[1:]  # the newest first; "pager" was enqueued too
+    assert view.outcome in {DELIVERED, "pending"}
+    with engine.connect() as c:
+        outcomes = c.execute(select(alert_attempts.c.outcome).order_by(alert_attempts.c.id))
+        assert [o for (o,) in outcomes] == [RETRY, DELIVERED]
+
+
+def test_a_failed_alert_stays_visible_and_is_not_claimed_again(alerting, outbox):
+    alerting.apply_poll(a_poll(an_image(state="enabled-failed")), T0)
+    (entry,) = outbox.claim_due(T0, receivers=["ops"], lease=60)
+    refused = DeliveryOutcome(status=400, error=None, seconds=0.01)
+    outbox.finish(entry, refused, T0, result=FAILED)
+    assert outbox.claim_due(T0 + timedelta(days=2), receivers=["ops"], lease=60) == []
+    failed = [v for v in outbox.listing() if v.entry.receiver == "ops"]
+    assert [(v.outcome, v.last_error) for v in failed] == [(FAILED, "HTTP 400")]
+    assert outbox.pending_counts() == {"pager": 1}
+
+
+def test_a_resolve_waits_until_its_firing_is_delivered(alerting, outbox):
+    alerting.apply_poll(a_poll(an_image(state="enabled-failed")), T0)
+    recovered = an_image(state="enabled", state_transition_time=T0 + timedelta(minutes=1))
+    alerting.apply_poll(a_poll(recovered), T0 + timedelta(minutes=1))
+    now = T0 + timedelta(minutes=2)
+    (firing,) = outbox.claim_due(now, receivers=["ops"], lease=60, limit=1)
+    assert firing.status == "firing"
+    assert outbox.claim_due(now, receivers=["ops"], lease=60) == []
+    outbox.finish(firing, OK, now, result=DELIVERED)
+    (resolve,) = outbox.claim_due(now, receivers=["ops"], lease=60)
+    assert resolve.status == "resolved"
+    assert resolve.state == "enabled-failed"
+    assert resolve.since == T0
+
+
+def test_a_delivered_alertmanager_alert_comes_back_until_it_is_resolved(alerting, outbox):
+    alerting.apply_poll(a_poll(an_image(state="enabled-failed")), T0)
+    (entry,) = outbox.claim_due(T0, receivers=["ops"], lease=60)
+    resend = T0 + timedelta(minutes=1)
+    outbox.finish(entry, OK, T0, result=DELIVERED, resend_at=resend)
+    (again,) = outbox.claim_due(resend, receivers=["ops"], lease=60)
+    assert again.resending
+    outbox.finish(again, OK, resend, result=DELIVERED, resend_at=resend + timedelta(minutes=1))
+
+    recovered = an_image(state="enabled", state_transition_time=resend)
+    alerting.apply_poll(a_poll(recovered), resend)
+    due = outbox.claim_due(resend + timedelta(minutes=5), receivers=["ops"], lease=60)
+    assert [(e.status, e.resending) for e in due] == [("resolved", False)]
+
+
+def test_receivers_not_asked_for_are_left_alone(alerting, outbox):
+    alerting.apply_poll(a_poll(an_image(state="enabled-failed")), T0)
+    assert [e.receiver for e in outbox.claim_due(T0, receivers=["pager"], lease=60)] == ["pager"]
+    assert outbox.claim_due(T0, receivers=[], lease=60) == []
+
+
+def test_released_alerts_are_due_again_at_once(alerting, outbox):
+    alerting.apply_poll(a_poll(an_image(state="enabled-failed")), T0)
+    claimed = outbox.claim_due(T0, receivers=RECEIVERS, lease=600)
+    outbox.release(claimed)
+    assert len(outbox.claim_due(T0, receivers=RECEIVERS, lease=600)) == 2
+
+
+def test_a_disabled_receiver_stays_disabled_with_its_fingerprint(outbox):
+    outbox.disable_receiver("ops", "abc", T0, "answered 410 Gone")
+    assert outbox.disabled_receivers() == {"ops": "abc"}
+    outbox.enable_receiver("ops")
+    assert outbox.disabled_receivers() == {}
+
+
+@pytest.mark.postgres
+def test_two_dispatchers_on_postgresql_never_claim_one_alert_twice(postgres_url):
+    engine = create_engine_for(postgres_url, pool_size=8)
+    upgrade(engine)
+    receivers = [f"r{n}" for n in range(10)]
+    store = Store(engine, alert_policy([Receiver(r, FAILED_STATES) for r in receivers], 0))
+    store.apply_poll(a_poll(*(an_image(f"ami-{n}", state="enabled-failed") for n in range(20))), T0)
+    outbox = Outbox(engine)
+    claimed: list[list[str]] = [[], []]
+    start = threading.Barrier(2)
+
+    def claim(slot: int) -> None:
+        start.wait()
+        while batch := outbox.claim_due(T0, receivers=receivers, lease=600, limit=7):
+            claimed[slot].extend(e.event_id for e in batch)
+
+    threads = [threading.Thread(target=claim, args=(slot,)) for slot in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    engine.dispose()
+    assert not set(claimed[0]) & set(claimed[1])
+    assert len(claimed[0]) + len(claimed[1]) == 200
