@@ -7,7 +7,9 @@ keeps its SQLite database in a temporary folder that is deleted when it stops.
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import socket
 import tempfile
 import threading
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 
 DEMO_ACCOUNT = "123456789012"
 DEMO_REGION = "us-east-1"
-DEMO_INTERVAL = "10s"
+DEMO_INTERVAL = 10.0
 PREFERRED_PORT = 9877
 
 
@@ -36,11 +38,13 @@ def _free(port: int) -> bool:
         return True
 
 
-def demo_config(workdir: Path, endpoint_url: str, port: int) -> str:
-    """The demo's config file: the simulator's endpoint, SQLite in `workdir`."""
+def demo_config(
+    workdir: Path, endpoint_url: str, port: int, receiver_url: str, interval: float
+) -> str:
+    """The demo's config file: the simulator's endpoint, SQLite in `workdir`, the receiver."""
     return f"""\
 [monitor]
-interval = "{DEMO_INTERVAL}"
+interval = "{interval * 1000:.0f}ms"
 jitter = "0"
 
 [database]
@@ -56,6 +60,12 @@ max_attempts = 2
 [[targets]]
 name = "demo"
 regions = ["{DEMO_REGION}"]
+
+[[alerts.webhooks]]
+name = "demo-receiver"
+url = "{receiver_url}"
+format = "json"
+secret_file = "webhook.key"
 """
 
 
@@ -77,8 +87,11 @@ def _isolate_from_real_aws(endpoint_url: str) -> None:
     )
 
 
-def run_demo(duration: float | None) -> int:
-    """Run simulator and daemon until Ctrl-C, SIGTERM or `duration` seconds; returns 0."""
+def run_demo(duration: float | None, *, speed: float = 1.0) -> int:
+    """Run simulator and daemon until Ctrl-C, SIGTERM or `duration` seconds; returns 0.
+
+    `speed` plays the scenario (and the polls) that many times faster, for tests.
+    """
     try:
         from monitor.simulator import (
             RealTimeClock,
@@ -94,17 +107,23 @@ def run_demo(duration: float | None) -> int:
             f"the demo needs the simulator: pip install 'fastlaunch-monitor[demo]' ({exc})",
         ) from exc
     from monitor.daemon import Daemon, open_runtime, run_until_signalled
+    from monitor.demo_receiver import DemoReceiver
     from monitor.settings import parse_settings
 
-    use_clock(RealTimeClock())
+    use_clock(RealTimeClock(speed))
     server = start_server()
     _isolate_from_real_aws(server.endpoint_url)
     story = seed_demo(simulator_for(DEMO_ACCOUNT, DEMO_REGION))
     with tempfile.TemporaryDirectory(prefix="fastlaunch-demo-") as folder:
         workdir = Path(folder)
         port = PREFERRED_PORT if _free(PREFERRED_PORT) else 0
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        (workdir / "webhook.key").write_text(secret)
+        receiver = DemoReceiver(secret, show=lambda line: print(line, flush=True))
         config = workdir / "config.toml"
-        config.write_text(demo_config(workdir, server.endpoint_url, port))
+        config.write_text(
+            demo_config(workdir, server.endpoint_url, port, receiver.url, DEMO_INTERVAL / speed)
+        )
         settings = parse_settings(config.read_text(), source=str(config), env={}, base_dir=workdir)
         daemon = Daemon(open_runtime(settings))
         daemon.start()
@@ -113,6 +132,7 @@ def run_demo(duration: float | None) -> int:
         try:
             run_until_signalled(daemon, threading.Event(), deadline)
         finally:
+            receiver.stop()
             server.stop()
     print("demo stopped", flush=True)
     return 0
@@ -125,7 +145,9 @@ def _banner(http_url: str, config: Path, story: Sequence[DemoImage]) -> str:
         f"  metrics:  {http_url}/metrics   (also /healthz, /readyz)",
         f"  try:      fastlaunch-monitor --config {config} status",
         f"            fastlaunch-monitor --config {config} history",
+        f"            fastlaunch-monitor --config {config} alerts",
         f"            curl -s {http_url}/metrics | grep fastlaunch_image_state",
+        "  alerts go to a local webhook receiver, which prints them here as they arrive",
         "  images:",
     ]
     lines += [f"    {image.image_id}  {image.story}" for image in story]

@@ -7,8 +7,9 @@ The only module that talks HTTP to webhook receivers. Its contract:
 - Redirects are not followed: a 3xx is an answer like any other, and nothing reaches the
   `Location` it names.
 - Nothing is retried here; the dispatcher owns retries, backoff and `Retry-After`.
-- No answer becomes `DeliveryOutcome.error`: the urllib3 exception's class name, never its
-  message, which names the URL.
+- A request that gets no answer has `DeliveryOutcome.error` set to the class name of the
+  exception (`ReadTimeoutError`, `NewConnectionError`, `SSLError`, ...), never its message,
+  which names the URL.
 - URLs and header values may be secrets (a Slack URL, a token): they never reach a log record,
   an outcome or an exception. That includes urllib3's own log records, several of which print
   the URL: while a delivery runs, they are withheld (see `_UrllibLogGuard`).
@@ -17,6 +18,7 @@ The only module that talks HTTP to webhook receivers. Its contract:
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import re
 import ssl
@@ -28,12 +30,9 @@ from typing import Final
 import urllib3
 from urllib3.exceptions import HTTPError
 
-from monitor import __version__
 from monitor.alerts.records import DeliveryOutcome, WebhookRequest
 from monitor.errors import ConfigError
 from monitor.settings import WebhookSettings
-
-USER_AGENT: Final = f"fastlaunch-monitor/{__version__}"
 
 # Receivers' answers are not used; a bounded read keeps small answers' connections reusable
 # without letting a receiver make us read (or decompress) an unbounded body.
@@ -65,15 +64,13 @@ _delivering_to: ContextVar[str | None] = ContextVar("delivering_to", default=Non
 class WebhookSender:
     """Sends requests to one webhook's receivers; thread-safe; `close` it when done.
 
-    Each request carries, in this order of precedence: the request's own headers (a format's
-    `Content-Type` and signature must not be overridden), the webhook's configured `headers`,
-    and a `User-Agent` naming the monitor.
+    A request goes out as given: its headers (the webhook's own among them) are the format's
+    business (`monitor.alerts.formats`), not the transport's.
     """
 
     def __init__(self, webhook: WebhookSettings) -> None:
         """Build the connection pools; raise `ConfigError` if `ca_file` is not a CA bundle."""
         self._name = webhook.name
-        self._headers = webhook.headers
         # Half of the budget to connect (TCP and TLS handshake), all of it for the whole
         # exchange: urllib3 gives the answer what the connection left of `total`.
         self._timeout = urllib3.Timeout(total=webhook.timeout, connect=webhook.timeout / 2)
@@ -130,7 +127,7 @@ class WebhookSender:
                 request.method,
                 request.url,
                 body=request.body,
-                headers=self._headers_for(request),
+                headers=request.headers,
                 redirect=False,
                 retries=False,
                 preload_content=False,
@@ -150,15 +147,6 @@ class WebhookSender:
             seconds=time.monotonic() - started,
             retry_after=retry_after,
         )
-
-    def _headers_for(self, request: WebhookRequest) -> urllib3.HTTPHeaderDict:
-        headers = urllib3.HTTPHeaderDict({"User-Agent": USER_AGENT})
-        # Assignment replaces a header of the same name, whatever its case.
-        for name, value in self._headers:
-            headers[name] = value
-        for name, value in request.headers.items():
-            headers[name] = value
-        return headers
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
@@ -184,10 +172,8 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
 
 
 def _tls_context(webhook: WebhookSettings) -> ssl.SSLContext:
-    # The system store, not certifi: it is what `update-ca-certificates` and SSL_CERT_FILE
-    # manage, so an operator's corporate CA works, and it needs no extra dependency.
     if webhook.ca_file is None:
-        return ssl.create_default_context()
+        return _system_tls_context()
     try:
         # With a CA file, only that file is trusted: a private receiver's CA, nothing else.
         return ssl.create_default_context(cafile=str(webhook.ca_file))
@@ -198,6 +184,15 @@ def _tls_context(webhook: WebhookSettings) -> ssl.SSLContext:
             None,
             f'webhook "{webhook.name}": ca_file is not a PEM bundle of CA certificates ({reason})',
         ) from None
+
+
+@functools.cache
+def _system_tls_context() -> ssl.SSLContext:
+    # The system store, not certifi: it is what `update-ca-certificates` and SSL_CERT_FILE
+    # manage, so an operator's corporate CA works, and it needs no extra dependency. Loading
+    # it takes tens of milliseconds, so every sender shares one context (contexts are
+    # thread-safe, and urllib3 configures it the same way for each).
+    return ssl.create_default_context()
 
 
 def _discard_answer(response: urllib3.BaseHTTPResponse) -> None:

@@ -37,6 +37,25 @@ def test_the_demo_polls_the_simulator_and_stops_after_its_duration(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_the_demo_receiver_prints_an_alert_firing_and_resolving(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["HOME"] = str(tmp_path)
+    # Fifteen times faster: the scenario's 150 s fail-and-recover story in 10 s.
+    result = subprocess.run(
+        [sys.executable, "-c", "from monitor.demo import run_demo; run_demo(12, speed=15)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    received = [line for line in result.stdout.splitlines() if line.startswith("receiver:")]
+    assert any("FIRING failed alert" in line and "-> enabling-failed" in line for line in received)
+    assert any("RESOLVED failed alert" in line and "-> enabled " in line for line in received)
+    assert all(line.endswith("signature verified") for line in received), received
+
+
 def test_the_installed_wheel_ships_and_applies_its_migrations(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
