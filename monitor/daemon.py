@@ -138,6 +138,9 @@ class Daemon:
         self._idle.clear()
         try:
             result = self._rt.cycle.run()
+            if self._rt.dispatcher is not None and result.transitions:
+                # The cycle may have enqueued alerts: the pending gauge shows them at once.
+                self._rt.dispatcher.update_pending()
             self.cycles += 1
             self.last_cycle = result
             log.info("cycle done: %s", result.summary())

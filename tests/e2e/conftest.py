@@ -185,14 +185,25 @@ def start_daemon(
 ) -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
-    def start(database_url: str | None = None, extra: str = "") -> DaemonProcess:
+    def start(
+        database_url: str | None = None, extra: str = "", log_level: str = "INFO"
+    ) -> DaemonProcess:
         database_url = database_url or f"sqlite:///{tmp_path / 'history.sqlite3'}"
         config = write_config(tmp_path, simulator_server.endpoint_url, database_url, extra)
         env = aws_env(simulator_server.endpoint_url)
         log = tmp_path / f"daemon-{len(started)}.log"
         with log.open("wb") as stderr:
             process = subprocess.Popen(
-                [sys.executable, "-m", "monitor", "--config", str(config), "run"],
+                [
+                    sys.executable,
+                    "-m",
+                    "monitor",
+                    "--config",
+                    str(config),
+                    "--log-level",
+                    log_level,
+                    "run",
+                ],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
