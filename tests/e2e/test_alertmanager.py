@@ -30,6 +30,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.alerts.dispatcher import ALERTMANAGER_RESEND
+from monitor.simulator import FastLaunchSimulator, ManualClock
 from monitor.store import create_engine_for
 from monitor.store.outbox import Outbox
 from tests.e2e.conftest import ACCOUNT, REGION, TARGET, DaemonProcess, wait_for
@@ -182,21 +183,25 @@ def parse(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def fail_image(sim: Any, daemon: DaemonProcess) -> tuple[str, datetime]:
+def fail_image(sim: FastLaunchSimulator, daemon: DaemonProcess) -> tuple[str, datetime]:
     """Seed an enabled image, let the daemon see it, then fail it; returns it and its failure time.
 
     The simulator's clock is put in the past, so that the failure and the recovery that
     follows both happened before now, as AWS reports them.
     """
-    sim.clock.set(datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10))
+    clock = sim.clock
+    assert isinstance(clock, ManualClock)
+    clock.set(datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10))
     (image_id,) = sim.seed(1, states="enabled")
     wait_for(lambda: daemon.image_series(image_id), what="the daemon to see the image")
     failed = sim.force_state(image_id, "enabling-failed", REASON)
     return image_id, failed.state_transition_time
 
 
-def recover_image(sim: Any, image_id: str) -> None:
-    sim.clock.advance(300)
+def recover_image(sim: FastLaunchSimulator, image_id: str) -> None:
+    clock = sim.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(300)
     sim.force_state(image_id, "enabled")
 
 

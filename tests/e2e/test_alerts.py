@@ -43,15 +43,12 @@ def test_every_alert_arrives_after_an_outage_with_one_event_id_across_retries(
 
     sim.force_state(first, "enabling-failed", "Client.InvalidLaunchTemplateName.NotFound")
     sim.force_state(second, "enabled-failed", "Server.InsufficientInstanceCapacity")
-    delivered = wait_for(
-        lambda: (
-            [a for a in alerts_of(daemon) if a["outcome"] == "delivered"] or None
-            if len([a for a in alerts_of(daemon) if a["outcome"] == "delivered"]) == 2
-            else None
-        ),
-        timeout=40,
-        what="both alerts delivered",
-    )
+
+    def both_delivered() -> list[dict] | None:
+        delivered = [a for a in alerts_of(daemon) if a["outcome"] == "delivered"]
+        return delivered if len(delivered) == 2 else None
+
+    delivered = wait_for(both_delivered, timeout=40, what="both alerts delivered")
     ids_by_image: dict[str, set[str]] = {}
     for request in receiver.requests:
         body = request.json()
