@@ -1,0 +1,218 @@
+"""The dispatcher against real loopback receivers and a real SQLite outbox, on a fake clock."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from monitor.alerts.dispatcher import (
+    BACKOFF_CAP,
+    Dispatcher,
+    backoff,
+    combine,
+    fingerprint,
+)
+from monitor.alerts.records import DeliveryOutcome
+from monitor.alerts.rules import Receiver, alert_policy
+from monitor.current import CurrentState
+from monitor.metrics import build_registry
+from monitor.model import FAILED_STATES, FastLaunchImage, PollResult, Scope
+from monitor.settings import WebhookSettings
+from monitor.store import Store, create_engine_for, upgrade
+from monitor.store.outbox import Outbox
+from tests.alerts.receivers import Answer
+
+SCOPE = Scope("prod", "111111111111", "us-east-1")
+T0 = datetime(2026, 11, 26, 10, 0, 0, 123000, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def an_image(state: str, image_id: str = "ami-1", when: datetime = T0) -> FastLaunchImage:
+    return FastLaunchImage(
+        image_id=image_id,
+        state=state,
+        state_transition_reason="Server.InsufficientInstanceCapacity",
+        state_transition_time=when,
+        resource_type="snapshot",
+        target_resource_count=5,
+        max_parallel_launches=6,
+        owner_id="111111111111",
+        launch_template_id=None,
+        launch_template_name="win",
+        launch_template_version="1",
+    )
+
+
+@pytest.fixture
+def world(tmp_path, receiver):
+    engine = create_engine_for(f"sqlite:///{tmp_path / 'alerts.sqlite3'}")
+    upgrade(engine)
+    clock = Clock()
+    hooks = [
+        WebhookSettings(name="ops", urls=(receiver.url_for("/hook"),), timeout=2.0),
+    ]
+
+    class World:
+        def __init__(self) -> None:
+            self.clock = clock
+            self.receiver = receiver
+            self.store = Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 0))
+            self.outbox = Outbox(engine)
+            self.registry: CollectorRegistry
+            self.registry, self.metrics = build_registry(CurrentState())
+            self.webhooks = hooks
+            self.dispatcher = self.new_dispatcher()
+
+        def new_dispatcher(self, webhooks=None) -> Dispatcher:
+            return Dispatcher(
+                self.outbox,
+                webhooks or self.webhooks,
+                self.metrics,
+                clock=clock,
+                rng=random.Random(7),
+            )
+
+        def poll(self, *images: FastLaunchImage) -> None:
+            self.store.apply_poll(PollResult(SCOPE, clock.now, 0.1, 1, images), clock.now)
+
+        def deliveries(self, outcome: str) -> float:
+            value = self.registry.get_sample_value(
+                "fastlaunch_alert_deliveries_total", {"receiver": "ops", "outcome": outcome}
+            )
+            return value or 0.0
+
+    w = World()
+    yield w
+    w.dispatcher.close()
+    engine.dispose()
+
+
+def test_a_due_alert_is_delivered_once(world):
+    world.poll(an_image("enabled-failed"))
+    assert world.dispatcher.dispatch_due() == 1
+    assert world.dispatcher.dispatch_due() == 0
+    (request,) = world.receiver.requests
+    assert request.json()["status"] == "firing"
+    assert world.deliveries("delivered") == 1
+    assert world.registry.get_sample_value("fastlaunch_alerts_pending", {"receiver": "ops"}) == 0
+
+
+def test_a_retry_waits_for_its_backoff(world):
+    world.receiver.answer(Answer(503))
+    world.poll(an_image("enabled-failed"))
+    world.dispatcher.dispatch_due()
+    assert world.dispatcher.dispatch_due() == 0
+    world.clock.advance(1.0)
+    assert world.dispatcher.dispatch_due() == 1
+    assert [r.json()["event_id"] for r in world.receiver.requests].count(
+        world.receiver.requests[0].json()["event_id"]
+    ) == 2
+    assert world.deliveries("retry") == 1
+    assert world.deliveries("delivered") == 1
+
+
+def test_an_alert_still_failing_after_24_hours_is_given_up(world):
+    world.receiver.always(Answer(500))
+    world.poll(an_image("enabled-failed"))
+    attempts = 0
+    while world.clock.now - T0 < timedelta(hours=25):
+        attempts += world.dispatcher.dispatch_due()
+        world.clock.advance(BACKOFF_CAP)
+    (view,) = world.outbox.listing()
+    assert view.outcome == "failed"
+    assert view.last_error == "HTTP 500"
+    assert world.deliveries("failed") == 1
+    assert len(view.attempts) == attempts
+    assert 24 * 3600 / BACKOFF_CAP <= attempts <= 24 * 3600 / BACKOFF_CAP + 12
+
+
+def test_a_resolve_follows_its_firing(world):
+    world.poll(an_image("enabled-failed"))
+    world.clock.advance(60)
+    world.poll(an_image("enabled", when=world.clock.now))
+    world.dispatcher.dispatch_due()
+    world.dispatcher.dispatch_due()
+    statuses = [r.json()["status"] for r in world.receiver.requests]
+    assert statuses == ["firing", "resolved"]
+
+
+def test_firing_alertmanager_alerts_are_re_sent_every_minute_until_resolved(world):
+    manager = replace(world.webhooks[0], format="alertmanager", urls=(world.receiver.url,))
+    dispatcher = world.new_dispatcher([manager])
+    world.poll(an_image("enabled-failed"))
+    dispatcher.dispatch_due()
+    world.clock.advance(59)
+    assert dispatcher.dispatch_due() == 0
+    world.clock.advance(1)
+    assert dispatcher.dispatch_due() == 1
+    recovered_at = world.clock.now
+    world.poll(an_image("enabled", when=recovered_at))
+    world.clock.advance(120)
+    dispatcher.dispatch_due()
+    world.clock.advance(120)
+    assert dispatcher.dispatch_due() == 0
+    assert all(r.path == "/api/v2/alerts" for r in world.receiver.requests)
+    first, again, resolved = (r.json()[0] for r in world.receiver.requests)
+    # Each firing send keeps the alert alive a little longer; the resolve ends it.
+    assert first["labels"] == again["labels"] == resolved["labels"]
+    assert first["endsAt"] < again["endsAt"]
+    assert resolved["endsAt"] == recovered_at.isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+    dispatcher.close()
+
+
+def test_a_receiver_disabled_by_410_comes_back_when_its_config_changes(world):
+    world.receiver.answer(Answer(410))
+    world.poll(an_image("enabled-failed"))
+    world.dispatcher.dispatch_due()
+    world.poll(an_image("enabled-failed"), an_image("enabled-failed", "ami-2"))
+    assert world.dispatcher.dispatch_due() == 0
+    assert world.new_dispatcher().dispatch_due() == 0
+
+    changed = replace(world.webhooks[0], headers=(("X-Team", "windows"),))
+    assert world.new_dispatcher([changed]).dispatch_due() == 1
+    assert [r.json()["image_id"] for r in world.receiver.requests] == ["ami-1", "ami-2"]
+
+
+def test_backoff_grows_from_1_second_to_5_minutes_with_jitter():
+    rng = random.Random(1)
+    assert backoff(0, rng) == 1.0
+    for attempts in range(1, 20):
+        delays = [backoff(attempts, rng) for _ in range(50)]
+        assert all(1.0 <= d <= min(BACKOFF_CAP, 2.0**attempts) for d in delays)
+        assert len(set(delays)) > 1
+    assert backoff(3, rng, retry_after=120) >= 120
+
+
+def test_an_alert_for_several_urls_is_delivered_only_when_all_took_it():
+    ok = DeliveryOutcome(200, None, 0.1)
+    down = DeliveryOutcome(503, None, 0.1, retry_after=5)
+    refused = DeliveryOutcome(400, None, 0.1)
+    assert combine([ok, ok]).delivered
+    assert combine([ok, down]).retry_after == 5
+    assert not combine([ok, down]).permanent
+    assert combine([refused, ok]).permanent
+    assert not combine([refused, down]).permanent
+
+
+def test_the_fingerprint_changes_with_the_config_and_reveals_no_secret():
+    hook = WebhookSettings(name="ops", urls=("https://h.example/token-abc",), secret="key-xyz")
+    assert fingerprint(hook) == fingerprint(replace(hook))
+    assert fingerprint(hook) != fingerprint(replace(hook, secret="other"))
+    assert "token-abc" not in fingerprint(hook)
+    assert "key-xyz" not in fingerprint(hook)
