@@ -216,3 +216,37 @@ def test_the_fingerprint_changes_with_the_config_and_reveals_no_secret():
     assert fingerprint(hook) != fingerprint(replace(hook, secret="other"))
     assert "token-abc" not in fingerprint(hook)
     assert "key-xyz" not in fingerprint(hook)
+
+
+@pytest.mark.postgres
+def test_two_dispatchers_on_postgresql_never_deliver_one_alert_twice(postgres_url, receiver):
+    import threading
+
+    engine = create_engine_for(postgres_url, pool_size=6)
+    upgrade(engine)
+    store = Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 0))
+    images = [an_image("enabled-failed", f"ami-{n:03d}") for n in range(60)]
+    store.apply_poll(PollResult(SCOPE, T0, 0.1, 1, tuple(images)), T0)
+    hook = WebhookSettings(name="ops", urls=(receiver.url_for("/hook"),), timeout=5.0)
+    dispatchers = [
+        Dispatcher(Outbox(engine), [hook], build_registry(CurrentState())[1], clock=lambda: T0)
+        for _ in range(2)
+    ]
+    start = threading.Barrier(2)
+
+    def drain(dispatcher: Dispatcher) -> None:
+        start.wait()
+        while dispatcher.dispatch_due():
+            pass
+
+    threads = [threading.Thread(target=drain, args=(d,)) for d in dispatchers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for dispatcher in dispatchers:
+        dispatcher.close()
+    engine.dispose()
+    event_ids = [r.json()["event_id"] for r in receiver.requests]
+    assert len(event_ids) == 60
+    assert len(set(event_ids)) == 60
