@@ -95,3 +95,35 @@ def test_whatever_is_signed_verifies_with_the_same_secret(
 
     assert signature.startswith("v1,")
     assert verify(secret, event_id, timestamp, body, signature)
+
+
+def test_a_standard_webhooks_library_verifies_a_json_alert_as_sent() -> None:
+    from datetime import UTC, datetime
+
+    from standardwebhooks.webhooks import Webhook
+
+    from monitor.alerts.formats import build_requests
+    from monitor.alerts.records import OutboxEntry
+    from monitor.model import Scope
+    from monitor.settings import WebhookSettings
+
+    secret = "whsec_" + base64.b64encode(b"a key of thirty-two bytes, truly").decode()
+    now = datetime.now(UTC)
+    entry = OutboxEntry(
+        id=1,
+        event_id="6f1c0b7e-2b1d-5c1e-9d4f-0a1b2c3d4e5f",
+        receiver="ops",
+        kind="failed",
+        status="firing",
+        scope=Scope("prod", "111111111111", "us-east-1"),
+        image_id="ami-1",
+        state="enabled-failed",
+        since=now,
+        payload={"version": 1, "event_id": "6f1c0b7e-2b1d-5c1e-9d4f-0a1b2c3d4e5f"},
+        attempts=0,
+        created_at=now,
+    )
+    hook = WebhookSettings(name="ops", urls=("https://hooks.example/x",), secret=secret)
+    (request,) = build_requests(entry, hook, now)
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    assert Webhook(secret).verify(request.body, headers) == dict(entry.payload)
