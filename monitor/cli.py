@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,21 +24,15 @@ from monitor.cycle import utc_now
 from monitor.durations import parse_duration
 from monitor.errors import ConfigError, MonitorError, SchemaBehindError
 from monitor.logs import LEVELS, setup_logging
-from monitor.model import HistoryEntry, PollSummary, StoredImage
+from monitor.model import HistoryEntry, PollSummary, Scope, StoredImage
 from monitor.settings import Settings, config_path, load_settings
 from monitor.store import Store
+from monitor.times import rfc3339
 
 if TYPE_CHECKING:
     from monitor.store.outbox import OutboxView
 
 PROG = "fastlaunch-monitor"
-
-
-def rfc3339(value: datetime | None) -> str | None:
-    """`2026-11-26T10:00:00.123Z`: UTC with milliseconds, as `--json` output promises."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _duration(text: str) -> float:
@@ -103,12 +97,14 @@ def _number(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
+def _scope_json(scope: Scope) -> dict[str, str]:
+    return {"target": scope.target, "account_id": scope.account_id, "region": scope.region}
+
+
 def _image_json(stored: StoredImage) -> dict[str, Any]:
     image = stored.image
     return {
-        "target": stored.scope.target,
-        "account_id": stored.scope.account_id,
-        "region": stored.scope.region,
+        **_scope_json(stored.scope),
         "image_id": image.image_id,
         "state": image.state,
         "state_transition_reason": image.state_transition_reason,
@@ -127,9 +123,7 @@ def _image_json(stored: StoredImage) -> dict[str, Any]:
 
 def _poll_json(poll: PollSummary) -> dict[str, Any]:
     return {
-        "target": poll.scope.target,
-        "account_id": poll.scope.account_id,
-        "region": poll.scope.region,
+        **_scope_json(poll.scope),
         "started_at": rfc3339(poll.started_at),
         "duration_seconds": round(poll.duration_seconds, 3),
         "pages": poll.pages,
@@ -143,9 +137,7 @@ def _poll_json(poll: PollSummary) -> dict[str, Any]:
 def _history_json(entry: HistoryEntry) -> dict[str, Any]:
     t = entry.transition
     return {
-        "target": entry.scope.target,
-        "account_id": entry.scope.account_id,
-        "region": entry.scope.region,
+        **_scope_json(entry.scope),
         "image_id": t.image_id,
         "previous_state": t.previous_state,
         "state": t.new_state,
@@ -240,9 +232,7 @@ def _alert_json(view: OutboxView) -> dict[str, Any]:
         "receiver": entry.receiver,
         "status": entry.status,
         "kind": entry.kind,
-        "target": entry.scope.target,
-        "account_id": entry.scope.account_id,
-        "region": entry.scope.region,
+        **_scope_json(entry.scope),
         "image_id": entry.image_id,
         "state": entry.state,
         "since": rfc3339(entry.since),

@@ -22,9 +22,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from monitor import __version__
 from monitor.alerts.records import OutboxEntry, WebhookRequest
-from monitor.alerts.rules import RESOLVED, STUCK, rfc3339
+from monitor.alerts.rules import RESOLVED, STUCK
 from monitor.alerts.signing import sign
 from monitor.settings import WebhookSettings
+from monitor.times import rfc3339
 
 USER_AGENT = f"fastlaunch-monitor/{__version__}"
 ALERTMANAGER_PATH = "/api/v2/alerts"

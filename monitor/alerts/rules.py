@@ -28,6 +28,7 @@ from monitor.model import (
     Scope,
     Transition,
 )
+from monitor.times import rfc3339
 
 FIRING = "firing"
 RESOLVED = "resolved"
@@ -92,13 +93,6 @@ class AlertEvent:
     @property
     def event_id(self) -> str:
         return self.key.event_id
-
-
-def rfc3339(value: datetime | None) -> str | None:
-    """`2026-11-26T10:00:00.123Z`: UTC with milliseconds."""
-    if value is None:
-        return None
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _event(

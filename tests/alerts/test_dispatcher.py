@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -25,9 +25,9 @@ from monitor.settings import WebhookSettings
 from monitor.store import Store, create_engine_for, upgrade
 from monitor.store.outbox import Outbox
 from tests.alerts.receivers import Answer
+from tests.builders import T0, an_image
 
 SCOPE = Scope("prod", "111111111111", "us-east-1")
-T0 = datetime(2026, 11, 26, 10, 0, 0, 123000, tzinfo=UTC)
 
 
 class Clock:
@@ -39,22 +39,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
-
-
-def an_image(state: str, image_id: str = "ami-1", when: datetime = T0) -> FastLaunchImage:
-    return FastLaunchImage(
-        image_id=image_id,
-        state=state,
-        state_transition_reason="Server.InsufficientInstanceCapacity",
-        state_transition_time=when,
-        resource_type="snapshot",
-        target_resource_count=5,
-        max_parallel_launches=6,
-        owner_id="111111111111",
-        launch_template_id=None,
-        launch_template_name="win",
-        launch_template_version="1",
-    )
 
 
 @pytest.fixture
@@ -180,7 +164,7 @@ def test_a_receiver_disabled_by_410_comes_back_when_its_config_changes(world):
     world.receiver.answer(Answer(410))
     world.poll(an_image("enabled-failed"))
     world.dispatcher.dispatch_due()
-    world.poll(an_image("enabled-failed"), an_image("enabled-failed", "ami-2"))
+    world.poll(an_image("enabled-failed"), an_image("enabled-failed", image_id="ami-2"))
     assert world.dispatcher.dispatch_due() == 0
     assert world.new_dispatcher().dispatch_due() == 0
 
@@ -225,7 +209,7 @@ def test_two_dispatchers_on_postgresql_never_deliver_one_alert_twice(postgres_ur
     engine = create_engine_for(postgres_url, pool_size=6)
     upgrade(engine)
     store = Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 0))
-    images = [an_image("enabled-failed", f"ami-{n:03d}") for n in range(60)]
+    images = [an_image("enabled-failed", image_id=f"ami-{n:03d}") for n in range(60)]
     store.apply_poll(PollResult(SCOPE, T0, 0.1, 1, tuple(images)), T0)
     hook = WebhookSettings(name="ops", urls=(receiver.url_for("/hook"),), timeout=5.0)
     dispatchers = [

@@ -1,5 +1,5 @@
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from monitor.alerts.rules import (
     FAILED,
@@ -11,29 +11,13 @@ from monitor.alerts.rules import (
     alerts_for_poll,
 )
 from monitor.diff import diff_images
-from monitor.model import FAILED_STATES, FastLaunchImage, Scope
+from monitor.model import FAILED_STATES, Scope
+from tests.builders import T0
+from tests.builders import an_image as image
 
 SCOPE = Scope("prod", "123456789012", "us-east-1")
-T0 = datetime(2026, 11, 26, 10, 0, 0, 123000, tzinfo=UTC)
 NOW = T0 + timedelta(minutes=5)
 OPS = Receiver("ops", FAILED_STATES)
-
-
-def image(state="enabled", when=T0, image_id="ami-1", **changes):
-    base = FastLaunchImage(
-        image_id=image_id,
-        state=state,
-        state_transition_reason="Client.UserInitiated",
-        state_transition_time=when,
-        resource_type="snapshot",
-        target_resource_count=5,
-        max_parallel_launches=6,
-        owner_id="123456789012",
-        launch_template_id="lt-1",
-        launch_template_name="win",
-        launch_template_version="2",
-    )
-    return replace(base, **changes)
 
 
 def alerts(before, after, receivers=(OPS,), now=NOW, stuck_after=0.0):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -16,29 +14,12 @@ from monitor.model import FAILED_STATES, FastLaunchImage, PollResult, Scope
 from monitor.store import Store, create_engine_for, upgrade
 from monitor.store.outbox import DELIVERED, FAILED, RETRY, Outbox
 from monitor.store.schema import alert_attempts, alert_outbox
+from tests.builders import T0, an_image
 
 SCOPE = Scope(target="prod", account_id="111111111111", region="us-east-1")
-T0 = datetime(2026, 11, 26, 10, 0, 0, 123000, tzinfo=UTC)
 OK = DeliveryOutcome(status=200, error=None, seconds=0.01)
 DOWN = DeliveryOutcome(status=503, error=None, seconds=0.01)
 RECEIVERS = ("ops", "pager")
-
-
-def an_image(image_id: str = "ami-1", **changes: Any) -> FastLaunchImage:
-    image = FastLaunchImage(
-        image_id=image_id,
-        state="enabled",
-        state_transition_reason="Client.UserInitiated",
-        state_transition_time=T0,
-        resource_type="snapshot",
-        target_resource_count=5,
-        max_parallel_launches=6,
-        owner_id="111111111111",
-        launch_template_id="lt-1",
-        launch_template_name=None,
-        launch_template_version="1",
-    )
-    return replace(image, **changes)
 
 
 def a_poll(*found: FastLaunchImage, at: datetime = T0) -> PollResult:
@@ -62,12 +43,12 @@ def rows(engine: Engine) -> int:
 
 
 def test_a_failure_enqueues_one_alert_per_receiver_with_its_transition(alerting, engine):
-    alerting.apply_poll(a_poll(an_image(state="enabling-failed")), T0)
+    alerting.apply_poll(a_poll(an_image("enabling-failed")), T0)
     assert rows(engine) == 2
 
 
 def test_a_poll_applied_twice_enqueues_its_alerts_once(alerting, engine):
-    poll = a_poll(an_image(state="enabling-failed"))
+    poll = a_poll(an_image("enabling-failed"))
     alerting.apply_poll(poll, T0)
     alerting.apply_poll(poll, T0 + timedelta(seconds=1))
     assert rows(engine) == 2
@@ -80,7 +61,7 @@ def test_a_failed_poll_enqueues_nothing(alerting, engine):
 
 
 def test_a_claimed_alert_is_not_claimed_again_until_its_lease_runs_out(alerting, outbox):
-    alerting.apply_poll(a_poll(an_image(state="enabled-failed")), T0)
+    alerting.apply_poll(a_poll(an_image("enabled-failed")), T0)
     claimed = outbox.claim_due(T0, receivers=["ops"], lease=60)
     assert [e.receiver for e in claimed] == ["ops"]
     assert outbox.claim_due(T0 + timedelta(seconds=59), receivers=["ops"], lease=60) == []
@@ -89,7 +70,7 @@ def test_a_claimed_alert_is_not_claimed_again_until_its_lease_runs_out(alerting,
 
 
 def test_finishing_is_refused_once_the_lease_was_taken_by_another_claim(alerting, outbox):
-    alerting.apply_poll(a_poll(an_image(state="enabled-failed")), T0)
+    alerting.apply_poll(a_poll(an_image("enabled-failed")), T0)
     (stale,) = outbox.claim_due(T0, receivers=["ops"], lease=10)
     (fresh,) = outbox.claim_due(T0 + timedelta(seconds=11), receivers=["ops"], lease=10)
     assert not outbox.finish(stale, OK, T0 + timedelta(seconds=12), result=DELIVERED)
@@ -99,7 +80,7 @@ def test_finishing_is_refused_once_the_lease_was_taken_by_another_claim(alerting
 def test_a_retried_alert_is_due_again_at_its_next_attempt_and_records_each_attempt(
     alerting, outbox, engine
 ):
-    alerting.apply_poll(a_poll(an_image(state="enabled-failed")), T0)
+    alerting.apply_poll(a_poll(an_image("enabled-failed")), T0)
     (entry,) = outbox.claim_due(T0, receivers=["ops"], lease=60)
     later = T0 + timedelta(seconds=30)
     outbox.finish(entry, DOWN, T0, result=RETRY, next_attempt_at=later)
@@ -116,7 +97,7 @@ def test_a_retried_alert_is_due_again_at_its_next_attempt_and_records_each_attem
 
 
 def test_a_failed_alert_stays_visible_and_is_not_claimed_again(alerting, outbox):
-    alerting.apply_poll(a_poll(an_image(state="enabled-failed")), T0)
+    alerting.apply_poll(a_poll(an_image("enabled-failed")), T0)
     (entry,) = outbox.claim_due(T0, receivers=["ops"], lease=60)
     refused = DeliveryOutcome(status=400, error=None, seconds=0.01)
     outbox.finish(entry, refused, T0, result=FAILED)
@@ -127,8 +108,8 @@ def test_a_failed_alert_stays_visible_and_is_not_claimed_again(alerting, outbox)
 
 
 def test_a_resolve_waits_until_its_firing_is_delivered(alerting, outbox):
-    alerting.apply_poll(a_poll(an_image(state="enabled-failed")), T0)
-    recovered = an_image(state="enabled", state_transition_time=T0 + timedelta(minutes=1))
+    alerting.apply_poll(a_poll(an_image("enabled-failed")), T0)
+    recovered = an_image("enabled", T0 + timedelta(minutes=1))
     alerting.apply_poll(a_poll(recovered), T0 + timedelta(minutes=1))
     now = T0 + timedelta(minutes=2)
     (firing,) = outbox.claim_due(now, receivers=["ops"], lease=60, limit=1)
@@ -142,7 +123,7 @@ def test_a_resolve_waits_until_its_firing_is_delivered(alerting, outbox):
 
 
 def test_a_delivered_alertmanager_alert_comes_back_until_it_is_resolved(alerting, outbox):
-    alerting.apply_poll(a_poll(an_image(state="enabled-failed")), T0)
+    alerting.apply_poll(a_poll(an_image("enabled-failed")), T0)
     (entry,) = outbox.claim_due(T0, receivers=["ops"], lease=60)
     resend = T0 + timedelta(minutes=1)
     outbox.finish(entry, OK, T0, result=DELIVERED, resend_at=resend)
@@ -150,20 +131,20 @@ def test_a_delivered_alertmanager_alert_comes_back_until_it_is_resolved(alerting
     assert again.resending
     outbox.finish(again, OK, resend, result=DELIVERED, resend_at=resend + timedelta(minutes=1))
 
-    recovered = an_image(state="enabled", state_transition_time=resend)
+    recovered = an_image("enabled", resend)
     alerting.apply_poll(a_poll(recovered), resend)
     due = outbox.claim_due(resend + timedelta(minutes=5), receivers=["ops"], lease=60)
     assert [(e.status, e.resending) for e in due] == [("resolved", False)]
 
 
 def test_receivers_not_asked_for_are_left_alone(alerting, outbox):
-    alerting.apply_poll(a_poll(an_image(state="enabled-failed")), T0)
+    alerting.apply_poll(a_poll(an_image("enabled-failed")), T0)
     assert [e.receiver for e in outbox.claim_due(T0, receivers=["pager"], lease=60)] == ["pager"]
     assert outbox.claim_due(T0, receivers=[], lease=60) == []
 
 
 def test_released_alerts_are_due_again_at_once(alerting, outbox):
-    alerting.apply_poll(a_poll(an_image(state="enabled-failed")), T0)
+    alerting.apply_poll(a_poll(an_image("enabled-failed")), T0)
     claimed = outbox.claim_due(T0, receivers=RECEIVERS, lease=600)
     outbox.release(claimed)
     assert len(outbox.claim_due(T0, receivers=RECEIVERS, lease=600)) == 2
@@ -182,7 +163,9 @@ def test_two_dispatchers_on_postgresql_never_claim_one_alert_twice(postgres_url)
     upgrade(engine)
     receivers = [f"r{n}" for n in range(10)]
     store = Store(engine, alert_policy([Receiver(r, FAILED_STATES) for r in receivers], 0))
-    store.apply_poll(a_poll(*(an_image(f"ami-{n}", state="enabled-failed") for n in range(20))), T0)
+    store.apply_poll(
+        a_poll(*(an_image("enabled-failed", image_id=f"ami-{n}") for n in range(20))), T0
+    )
     outbox = Outbox(engine)
     claimed: list[list[str]] = [[], []]
     start = threading.Barrier(2)
