@@ -219,15 +219,30 @@ class Cycle:
             self._current.replace_scope(result.scope, result.images or ())
             self._last_success[(source.key, region)] = result.started_at
         self._metrics.poll_finished(result, applied.transitions)
+        context = {"target": source.key, "region": region}
+        first_sights = 0
         for transition in applied.transitions:
-            log.info(
+            # A first poll sees every image for the first time: one line for all of them at
+            # INFO, each at DEBUG; every real change gets its own INFO line.
+            first = transition.previous_state is None
+            first_sights += first
+            log.log(
+                logging.DEBUG if first else logging.INFO,
                 "%s/%s %s: %s -> %s",
                 source.key,
                 region,
                 transition.image_id,
                 transition.previous_state or "(new)",
                 transition.new_state,
-                extra={"target": source.key, "region": region, "image": transition.image_id},
+                extra={**context, "image": transition.image_id},
+            )
+        if first_sights:
+            log.info(
+                "%s/%s: %d images seen for the first time",
+                source.key,
+                region,
+                first_sights,
+                extra=context,
             )
         return applied
 

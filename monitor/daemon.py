@@ -7,6 +7,7 @@ committed, so nothing half-written remains), stop HTTP, dispose the engine.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -110,9 +111,14 @@ def open_runtime(settings: Settings, *, clock: Clock = utc_now) -> Runtime:
         if settings.webhooks
         else None
     )
-    return Runtime(
+    runtime = Runtime(
         settings, engine, store, current, registry, metrics, cycle, outbox, dispatcher, stop
     )
+    # Everything made so far (botocore's service models above all) lives as long as the
+    # process: frozen, the garbage collector stops walking it at every full collection.
+    gc.collect()
+    gc.freeze()
+    return runtime
 
 
 class Daemon:

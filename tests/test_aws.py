@@ -327,3 +327,19 @@ def test_the_endpoint_can_be_set_in_the_config_or_by_botocores_variable(
         server.reset()
 
     assert ids(from_configuration) == ids(from_variable) == sorted(seeded)
+
+
+def test_the_fast_timestamp_parser_agrees_with_botocores():
+    from botocore.utils import parse_timestamp as botocore_parse
+
+    from monitor.aws import parse_timestamp
+
+    for text in (
+        "2026-11-26T10:00:00.123Z",
+        "2026-11-26T10:00:00Z",
+        "2026-11-26T11:00:00.5+01:00",
+        "2026-11-26T10:00:00",
+        "Thu, 26 Nov 2026 10:00:00 GMT",
+        1795687200,
+    ):
+        assert parse_timestamp(text) == botocore_parse(text), text

@@ -183,15 +183,20 @@ def parse(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
+def manual_clock(sim: FastLaunchSimulator) -> ManualClock:
+    """The clock the `sim` fixture put the simulator on."""
+    clock = sim.clock
+    assert isinstance(clock, ManualClock)
+    return clock
+
+
 def fail_image(sim: FastLaunchSimulator, daemon: DaemonProcess) -> tuple[str, datetime]:
     """Seed an enabled image, let the daemon see it, then fail it; returns it and its failure time.
 
     The simulator's clock is put in the past, so that the failure and the recovery that
     follows both happened before now, as AWS reports them.
     """
-    clock = sim.clock
-    assert isinstance(clock, ManualClock)
-    clock.set(datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10))
+    manual_clock(sim).set(datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10))
     (image_id,) = sim.seed(1, states="enabled")
     wait_for(lambda: daemon.image_series(image_id), what="the daemon to see the image")
     failed = sim.force_state(image_id, "enabling-failed", REASON)
@@ -199,9 +204,7 @@ def fail_image(sim: FastLaunchSimulator, daemon: DaemonProcess) -> tuple[str, da
 
 
 def recover_image(sim: FastLaunchSimulator, image_id: str) -> None:
-    clock = sim.clock
-    assert isinstance(clock, ManualClock)
-    clock.advance(300)
+    manual_clock(sim).advance(300)
     sim.force_state(image_id, "enabled")
 
 
@@ -267,7 +270,7 @@ def daemon_outbox(tmp_path: Path) -> Iterator[DaemonOutbox]:
 
 
 def test_alertmanager_lists_a_failure_as_active_and_drops_it_once_the_image_recovers(
-    sim, start_daemon, start_alertmanager, daemon_outbox
+    start_alertmanager, sim, start_daemon, daemon_outbox
 ):
     alertmanager = start_alertmanager()
     daemon = start_daemon(database_url=daemon_outbox.url, extra=webhook(alertmanager))
@@ -289,7 +292,7 @@ def test_alertmanager_lists_a_failure_as_active_and_drops_it_once_the_image_reco
 
 
 def test_every_instance_of_an_alertmanager_cluster_gets_the_alert_and_its_resolve(
-    sim, start_daemon, start_alertmanager
+    start_alertmanager, sim, start_daemon
 ):
     instances = (start_alertmanager(), start_alertmanager())
     daemon = start_daemon(extra=webhook(*instances))
