@@ -190,3 +190,25 @@ def test_canary_secrets_never_appear_in_logs_alerts_or_metrics(sim, start_daemon
     for where, text in outputs.items():
         for canary in CANARIES:
             assert canary not in text, f"{canary} leaked into {where}"
+
+
+def test_sigterm_during_a_delivery_loses_no_alert(sim, start_daemon, receiver):
+    (image_id,) = sim.seed(1)
+    config = webhook(receiver.url_for("/hook"))
+    receiver.answer(Answer(200, delay=3.0))
+    daemon = start_daemon(extra=config)
+    wait_for(lambda: daemon.image_series(image_id), what="a first poll")
+
+    sim.force_state(image_id, "enabled-failed", "Server.InsufficientInstanceCapacity")
+    (in_flight,) = receiver.wait_for_requests(1, timeout=20)
+    assert daemon.terminate(timeout=10) == 0
+
+    # Delivered before the stop, or still due and sent by the next start: never lost.
+    restarted = start_daemon(extra=config)
+    wait_for(
+        lambda: [a["outcome"] for a in alerts_of(restarted)] == ["delivered"],
+        what="the alert delivered",
+    )
+    event_ids = {r.json()["event_id"] for r in receiver.requests}
+    assert event_ids == {in_flight.json()["event_id"]}
+    assert restarted.terminate() == 0
