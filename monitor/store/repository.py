@@ -7,6 +7,7 @@ how many images there are: an unchanged poll of any size is one SELECT and one I
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -90,6 +91,7 @@ class Store:
             if result.images is None:
                 _insert_poll(connection, result)
                 return AppliedPoll(result=result, transitions=(), upserts=0, removed=0)
+            _lock_scope(connection, scope)
             previous = _scope_images(connection, scope)
             diff = diff_images(previous, result.images, observed_at)
             poll_id = _insert_poll(connection, result)
@@ -176,6 +178,23 @@ class Store:
         """Raise `StoreError` unless the database answers a trivial query."""
         with database_errors(self._engine, "reaching the database"), self._engine.connect() as c:
             c.execute(text("SELECT 1"))
+
+
+def advisory_key(*parts: str) -> int:
+    """A stable signed 64-bit key for a PostgreSQL advisory lock named by `parts`."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _lock_scope(connection: Connection, scope: Scope) -> None:
+    # Correctness never depends on who believes it leads: two writers of one scope queue here
+    # until the first commits, and the second then re-reads what the first wrote. SQLite needs
+    # no lock of its own: its write transactions already begin IMMEDIATE, one at a time.
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"),
+            {"key": advisory_key("fastlaunch-monitor scope", scope.account_id, scope.region)},
+        )
 
 
 def _scope_images(connection: Connection, scope: Scope) -> dict[str, FastLaunchImage]:

@@ -131,7 +131,8 @@ def test_an_unchanged_poll_issues_the_same_few_statements_whatever_the_image_cou
     with_a_thousand = statements_of_an_unchanged_poll(OTHER_REGION, 1_000)
 
     assert with_ten == with_a_thousand
-    # SELECT the scope's images, INSERT the poll, and on SQLite the BEGIN IMMEDIATE.
+    # SELECT the scope's images, INSERT the poll, and the BEGIN IMMEDIATE (SQLite) or the
+    # scope's advisory lock (PostgreSQL).
     assert with_a_thousand <= 3
 
 
@@ -353,3 +354,33 @@ def test_ten_thousand_new_images_are_written_in_a_few_bulk_statements(
     assert sent <= 5
     # A fraction of a second in bulk; row-at-a-time writes would take many seconds.
     assert cpu_seconds < 2.0
+
+
+@pytest.mark.postgres
+def test_two_writers_of_one_scope_on_postgresql_record_a_removal_once(postgres_url: str) -> None:
+    import threading
+
+    from monitor.store import create_engine_for, upgrade
+
+    engine = create_engine_for(postgres_url, pool_size=4)
+    upgrade(engine)
+    Store(engine).apply_poll(a_poll(*many_images(50)), T0)
+    start = threading.Barrier(2)
+
+    def apply(seconds_later: int) -> None:
+        # Two instances that both believe they lead, each seeing the images gone at its own
+        # time: the unique keys alone could not tell that the removals are one.
+        start.wait()
+        Store(engine).apply_poll(a_poll(), T0 + timedelta(seconds=seconds_later))
+
+    threads = [threading.Thread(target=apply, args=(n,)) for n in (60, 61)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    with engine.connect() as connection:
+        removals = connection.execute(
+            select(func.count()).select_from(history).where(history.c.new_state == REMOVED)
+        ).scalar_one()
+    engine.dispose()
+    assert removals == 50
