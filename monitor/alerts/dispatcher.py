@@ -107,6 +107,10 @@ class Dispatcher:
         self._pool = ThreadPoolExecutor(max(1, len(self._webhooks)), thread_name_prefix="alert")
         self._disabled: set[str] = set()
         self._checked_disabled = False
+        # Every series from zero, so `increase()` sees a receiver's very first failure too.
+        for webhook in webhooks:
+            for outcome in (DELIVERED, RETRY, FAILED):
+                metrics.alert_deliveries_total.labels(receiver=webhook.name, outcome=outcome)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
