@@ -59,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", metavar="PATH", help="the TOML config file")
-    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS)
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LEVELS,
+        help="overrides [monitor] log_level of the config; default INFO",
+    )
     parser.add_argument("--log-format", default="text", choices=("text", "json"))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands.add_parser("run", help="the daemon: poll on an interval, serve /metrics")
@@ -365,10 +370,23 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_level(args: argparse.Namespace, settings: Settings | None) -> str:
+    """`--log-level`, else the config's `[monitor] log_level`, else INFO."""
+    configured = settings.monitor.log_level if settings is not None else None
+    return str(args.log_level or configured or "INFO")
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from monitor.daemon import run_daemon
 
-    return run_daemon(settings)
+    def reload() -> Settings:
+        # The path is looked up again: a config file created since start-up counts too.
+        return load_settings(config_path(args.config, os.environ), os.environ)
+
+    def on_reload(new: Settings) -> None:
+        setup_logging(_log_level(args, new), args.log_format)
+
+    return run_daemon(settings, reload=reload, on_reload=on_reload)
 
 
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
@@ -385,7 +403,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
+    setup_logging(_log_level(args, None), args.log_format)
     try:
         if args.command == "demo":
             # The demo builds its own settings: it must work on a laptop with no config at all.
@@ -393,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(duration=args.duration)
         settings = load_settings(config_path(args.config, os.environ), os.environ)
+        if settings.monitor.log_level is not None:
+            setup_logging(_log_level(args, settings), args.log_format)
         return COMMANDS[args.command](settings, args)
     except ConfigError as exc:
         print(f"{PROG}: config error: {exc}", file=sys.stderr)

@@ -1,8 +1,15 @@
-"""The daemon: wiring, the APScheduler poll job, HTTP endpoints, signals, orderly shutdown.
+"""The daemon: wiring, the APScheduler poll job, HTTP endpoints, systemd, signals, reload.
 
-Signal handlers only set an event. The main thread then shuts down in order: stop scheduling,
-let the in-flight cycle finish within the stop bound (or abandon it: its transaction is never
-committed, so nothing half-written remains), stop HTTP, dispose the engine.
+Signal handlers only set events; the main thread acts on them. SIGHUP reloads the config
+(`Daemon.reload`). SIGTERM and SIGINT shut down in order: stop scheduling, let the in-flight
+cycle finish within the stop bound (or abandon it: its transaction is never committed, so
+nothing half-written remains), stop HTTP, dispose the engine.
+
+Under systemd (`Type=notify`) the daemon reports `READY=1` once the database is migrated, HTTP
+is listening and the first cycle is scheduled; `STATUS=` with each cycle's summary;
+`RELOADING=1` and `READY=1` around a reload; `STOPPING=1` as it begins to stop. With
+`WatchdogSec=` it pings `WATCHDOG=1` every half of it while healthy (`Daemon.watchdog_problem`):
+a hung poll loop, a stopped scheduler or an unreachable database let systemd restart it.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 
@@ -21,6 +29,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerPool
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client.metrics import MetricWrapperBase
 from sqlalchemy import Engine
 
 from monitor.alerts.dispatcher import Dispatcher
@@ -28,12 +37,15 @@ from monitor.alerts.rules import Receiver, alert_policy
 from monitor.aws import TargetSource
 from monitor.current import CurrentState
 from monitor.cycle import Clock, Cycle, CycleResult, utc_now
-from monitor.errors import StoreError
+from monitor.errors import ConfigError, StoreError
 from monitor.http import HttpServer, Readiness, serve
-from monitor.metrics import MonitorMetrics, build_registry
-from monitor.settings import Settings
+from monitor.metrics import SCOPE_LABELS, MonitorMetrics, build_registry
+from monitor.model import Scope
+from monitor.notify import Notifier, Watchdog, monotonic_usec, watchdog_interval
+from monitor.settings import MonitorSettings, Settings
 from monitor.store import Store, create_engine_for, upgrade
 from monitor.store.outbox import Outbox
+from monitor.store.repository import AlertPolicy
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +55,71 @@ STOP_BOUND_SECONDS = 8.0
 #: How often the dispatcher looks for due alerts (a cheap indexed read when none are due).
 DISPATCH_TICK_SECONDS = 1.0
 
+#: How many intervals (with their jitter) may pass without a successful poll before `/readyz`
+#: fails, and without progress of the poll loop before the watchdog deems it hung.
+STALE_INTERVALS = 3
+
+
+def hung_after(monitor: MonitorSettings) -> float:
+    """Seconds without progress of the poll loop after which it counts as hung.
+
+    Progress is a cycle starting or finishing. A healthy loop starts one every interval plus
+    jitter, so three of those without either means a cycle stuck in flight or a scheduler
+    that no longer fires: the readiness horizon too, so a hung daemon is unready first. A
+    cycle of failing polls is not hung: it ends once botocore's timeouts and retries do.
+    """
+    return STALE_INTERVALS * (monitor.interval + monitor.jitter)
+
 
 def build_sources(settings: Settings) -> list[TargetSource]:
     """One `TargetSource` per configured target; raises `ConfigError` for unusable targets."""
     return [TargetSource(i, t, settings.aws) for i, t in enumerate(settings.targets)]
 
 
+def _alert_policy(settings: Settings) -> AlertPolicy | None:
+    receivers = [Receiver(w.name, w.states, w.send_resolved) for w in settings.webhooks]
+    return alert_policy(receivers, settings.monitor.stuck_after) if receivers else None
+
+
+def _dispatcher(
+    settings: Settings,
+    outbox: Outbox,
+    metrics: MonitorMetrics,
+    clock: Clock,
+    stop: threading.Event,
+) -> Dispatcher | None:
+    if not settings.webhooks:
+        return None
+    return Dispatcher(outbox, settings.webhooks, metrics, clock=clock, stop=stop)
+
+
+def _cycle(
+    settings: Settings,
+    sources: Iterable[TargetSource],
+    store: Store,
+    current: CurrentState,
+    metrics: MonitorMetrics,
+    clock: Clock,
+    stop: threading.Event,
+) -> Cycle:
+    return Cycle(
+        tuple(sources),
+        store,
+        current,
+        metrics,
+        max_concurrency=settings.monitor.max_concurrency,
+        clock=clock,
+        stop=stop,
+    )
+
+
 @dataclass(slots=True)
 class Runtime:
-    """Everything one process needs to poll: what `poll`, `run` and `demo` share."""
+    """Everything one process needs to poll: what `poll`, `run` and `demo` share.
+
+    A reload replaces `settings`, `sources`, `store`, `cycle` and `dispatcher`; the engine,
+    the current state and the metrics stay.
+    """
 
     settings: Settings
     engine: Engine
@@ -59,10 +127,12 @@ class Runtime:
     current: CurrentState
     registry: CollectorRegistry
     metrics: MonitorMetrics
+    sources: tuple[TargetSource, ...]
     cycle: Cycle
     outbox: Outbox
     dispatcher: Dispatcher | None
     stop: threading.Event
+    clock: Clock
 
     def close(self) -> None:
         self.cycle.close()
@@ -73,16 +143,14 @@ class Runtime:
 
 def open_runtime(settings: Settings, *, clock: Clock = utc_now) -> Runtime:
     """Open and migrate the database, load the current state, and build the poll cycle."""
-    sources = build_sources(settings)
+    sources = tuple(build_sources(settings))
     # One connection per concurrent poll, plus one for scrapes' readiness checks.
     engine = create_engine_for(
         settings.database.url, pool_size=settings.monitor.max_concurrency + 1
     )
-    receivers = [Receiver(w.name, w.states, w.send_resolved) for w in settings.webhooks]
-    policy = alert_policy(receivers, settings.monitor.stuck_after) if receivers else None
     try:
         upgrade(engine)
-        store = Store(engine, policy)
+        store = Store(engine, _alert_policy(settings))
         outbox = Outbox(engine)
         if engine.dialect.name == "sqlite":
             # One process per SQLite file: any lease left is a dead process's; its alerts are
@@ -97,22 +165,19 @@ def open_runtime(settings: Settings, *, clock: Clock = utc_now) -> Runtime:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry, metrics = build_registry(current)
     stop = threading.Event()
-    cycle = Cycle(
-        sources,
-        store,
-        current,
-        metrics,
-        max_concurrency=settings.monitor.max_concurrency,
-        clock=clock,
-        stop=stop,
-    )
-    dispatcher = (
-        Dispatcher(outbox, settings.webhooks, metrics, clock=clock, stop=stop)
-        if settings.webhooks
-        else None
-    )
     runtime = Runtime(
-        settings, engine, store, current, registry, metrics, cycle, outbox, dispatcher, stop
+        settings=settings,
+        engine=engine,
+        store=store,
+        current=current,
+        registry=registry,
+        metrics=metrics,
+        sources=sources,
+        cycle=_cycle(settings, sources, store, current, metrics, clock, stop),
+        outbox=outbox,
+        dispatcher=_dispatcher(settings, outbox, metrics, clock, stop),
+        stop=stop,
+        clock=clock,
     )
     # Everything made so far (botocore's service models above all) lives as long as the
     # process: frozen, the garbage collector stops walking it at every full collection.
@@ -121,13 +186,55 @@ def open_runtime(settings: Settings, *, clock: Clock = utc_now) -> Runtime:
     return runtime
 
 
-class Daemon:
-    """`fastlaunch-monitor run`: poll on an interval and serve the HTTP endpoints until stopped."""
+def _poll_trigger(monitor: MonitorSettings) -> IntervalTrigger:
+    return IntervalTrigger(seconds=monitor.interval, jitter=monitor.jitter or None, timezone=UTC)
 
-    def __init__(self, runtime: Runtime) -> None:
+
+def _forget_scopes(metrics: MonitorMetrics, scopes: Iterable[Scope]) -> None:
+    """Drop the poll series of scopes no longer polled, as a restart would.
+
+    Left behind, a removed target's last poll would look ever older and trip staleness
+    alerts for a target nobody asked to poll any more.
+    """
+    gone = {(s.target, s.account_id, s.region) for s in scopes}
+    if not gone:
+        return
+    per_scope: tuple[tuple[MetricWrapperBase, tuple[str, ...]], ...] = (
+        (metrics.poll_success, SCOPE_LABELS),
+        (metrics.poll_duration_seconds, SCOPE_LABELS),
+        (metrics.last_successful_poll_timestamp_seconds, SCOPE_LABELS),
+        (metrics.poll_errors_total, (*SCOPE_LABELS, "error")),
+        (metrics.transitions_total, (*SCOPE_LABELS, "state")),
+    )
+    for metric, names in per_scope:
+        series = {
+            tuple(sample.labels[name] for name in names)
+            for family in metric.collect()
+            for sample in family.samples
+        }
+        for values in series:
+            if values[: len(SCOPE_LABELS)] in gone:
+                metric.remove(*values)
+
+
+class Daemon:
+    """`fastlaunch-monitor run`: poll on an interval and serve the HTTP endpoints until stopped.
+
+    `notifier` and `watchdog_period` default to what systemd's environment says
+    (`$NOTIFY_SOCKET`, `$WATCHDOG_USEC`); outside systemd both are off.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        notifier: Notifier | None = None,
+        watchdog_period: float | None = None,
+    ) -> None:
         self._rt = runtime
-        self._interval = runtime.settings.monitor.interval
-        self._jitter = runtime.settings.monitor.jitter
+        self._notifier = notifier or Notifier.from_env()
+        self._watchdog_period = watchdog_period or watchdog_interval()
+        self._watching = False
         # Delivery runs beside polling, so a dead receiver's timeouts never delay a poll.
         self._scheduler = BackgroundScheduler(
             timezone=UTC, executors={"default": SchedulerPool(1), "alerts": SchedulerPool(1)}
@@ -136,37 +243,69 @@ class Daemon:
         self._idle.set()
         self._dispatch_idle = threading.Event()
         self._dispatch_idle.set()
+        # Guards which cycle and dispatcher are current and which are in use, so that a
+        # reload closes a replaced one exactly once: at once if idle, else when its run ends.
+        self._lock = threading.Lock()
+        self._polling: Cycle | None = None
+        self._dispatching: Dispatcher | None = None
+        self._progress = time.monotonic()
+        # Successes of the scopes a reload kept, until the new cycle polls them itself.
+        self._carried_success: dict[tuple[str, str], datetime] = {}
+        # Scopes a reload dropped while a cycle polled them: their series go when it ends.
+        self._forget_after_cycle: list[Scope] = []
         self._http: HttpServer | None = None
         self.cycles = 0
         self.last_cycle: CycleResult | None = None
 
     def _poll_job(self) -> None:
-        self._idle.clear()
+        with self._lock:
+            cycle = self._polling = self._rt.cycle
+            self._progress = time.monotonic()
+            self._idle.clear()
         try:
-            result = self._rt.cycle.run()
-            if self._rt.dispatcher is not None and result.transitions:
+            result = cycle.run()
+            dispatcher = self._rt.dispatcher
+            if dispatcher is not None and result.transitions:
                 # The cycle may have enqueued alerts: the pending gauge shows them at once.
-                self._rt.dispatcher.update_pending()
+                dispatcher.update_pending()
             self.cycles += 1
             self.last_cycle = result
             log.info("cycle done: %s", result.summary())
+            self._notifier.notify(f"STATUS={result.summary()}")
         except Exception:
             # One cycle's unexpected failure must not kill the schedule: log it and go on.
             log.exception("poll cycle failed")
+            self._notifier.notify("STATUS=the last poll cycle failed; see the log")
         finally:
+            with self._lock:
+                self._polling = None
+                retired = cycle is not self._rt.cycle
+                dropped, self._forget_after_cycle = self._forget_after_cycle, []
+                self._progress = time.monotonic()
+            if retired:
+                cycle.close()
+            _forget_scopes(self._rt.metrics, dropped)
             self._idle.set()
 
     def _dispatch_job(self) -> None:
-        dispatcher = self._rt.dispatcher
-        if dispatcher is None or self._rt.stop.is_set():
+        if self._rt.stop.is_set():
             return
-        self._dispatch_idle.clear()
+        with self._lock:
+            dispatcher = self._dispatching = self._rt.dispatcher
+            if dispatcher is None:
+                return
+            self._dispatch_idle.clear()
         try:
             dispatcher.dispatch_due()
         except Exception:
             # The outbox keeps every alert; the next tick tries again.
             log.exception("alert dispatch failed")
         finally:
+            with self._lock:
+                self._dispatching = None
+                retired = dispatcher is not self._rt.dispatcher
+            if retired:
+                dispatcher.close()
             self._dispatch_idle.set()
 
     def healthy(self) -> bool:
@@ -181,9 +320,11 @@ class Daemon:
             checks["database"] = "ok"
         except StoreError as exc:
             checks["database"] = f"failing: {exc}"
-        horizon = now - timedelta(seconds=3 * (self._interval + self._jitter))
-        last = self._rt.cycle.last_success()
-        for key, region in self._rt.cycle.expected:
+        monitor = self._rt.settings.monitor
+        horizon = now - timedelta(seconds=STALE_INTERVALS * (monitor.interval + monitor.jitter))
+        cycle = self._rt.cycle
+        last = {**self._carried_success, **cycle.last_success()}
+        for key, region in cycle.expected:
             when = last.get((key, region))
             name = f"poll {key}/{region}"
             if when is None:
@@ -194,9 +335,49 @@ class Daemon:
                 checks[name] = "ok"
         return Readiness(ready=all(v == "ok" for v in checks.values()), checks=checks)
 
+    def watchdog_problem(self) -> str | None:
+        """What keeps the watchdog from pinging systemd, or `None` while the daemon is healthy.
+
+        Healthy: the scheduler runs, the poll loop is not hung (see `hung_after`), and the
+        database answers.
+        """
+        if not self._scheduler.running:
+            return "the scheduler is not running"
+        bound = hung_after(self._rt.settings.monitor)
+        stalled = time.monotonic() - self._progress
+        if stalled > bound:
+            doing = "no poll cycle started" if self._idle.is_set() else "a poll cycle has run"
+            return f"{doing} for {stalled:.0f} s, longer than {bound:g} s"
+        try:
+            self._rt.store.ping()
+        except StoreError as exc:
+            return f"the database does not answer: {exc}"
+        return None
+
+    def _schedule_dispatch(self) -> None:
+        """Have the dispatch job exactly when there is a dispatcher (webhooks configured)."""
+        job = self._scheduler.get_job("dispatch")
+        if self._rt.dispatcher is None:
+            if job is not None:
+                job.remove()
+            return
+        self._rt.dispatcher.update_pending()
+        if job is None:
+            self._scheduler.add_job(
+                self._dispatch_job,
+                IntervalTrigger(seconds=DISPATCH_TICK_SECONDS, timezone=UTC),
+                id="dispatch",
+                name="alert dispatch",
+                executor="alerts",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+
     def start(self) -> None:
         """Serve HTTP, then schedule the first cycle now and the next every interval."""
-        http = self._rt.settings.http
+        settings = self._rt.settings
+        http = settings.http
         self._http = serve(
             http.host,
             http.port,
@@ -210,7 +391,7 @@ class Daemon:
         self._rt.metrics.set_leader(True)
         self._scheduler.add_job(
             self._poll_job,
-            IntervalTrigger(seconds=self._interval, jitter=self._jitter or None, timezone=UTC),
+            _poll_trigger(settings.monitor),
             id="poll",
             name="poll cycle",
             next_run_time=datetime.now(UTC),
@@ -218,25 +399,149 @@ class Daemon:
             coalesce=True,
             misfire_grace_time=None,
         )
-        if self._rt.dispatcher is not None:
-            self._rt.dispatcher.update_pending()
-            self._scheduler.add_job(
-                self._dispatch_job,
-                IntervalTrigger(seconds=DISPATCH_TICK_SECONDS, timezone=UTC),
-                id="dispatch",
-                name="alert dispatch",
-                executor="alerts",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=None,
-            )
+        self._schedule_dispatch()
+        self._progress = time.monotonic()
         self._scheduler.start()
         log.info(
             "fastlaunch-monitor running: %d scopes every %ss, metrics at %s/metrics",
             len(self._rt.cycle.expected),
-            self._interval,
+            settings.monitor.interval,
             self._http.url,
         )
+
+    def notify_ready(self) -> None:
+        """Tell systemd the daemon is up (after `start`), and start pinging its watchdog."""
+        self._notifier.notify("READY=1", f"STATUS={self._status()}")
+        if self._watchdog_period is not None and self._notifier.enabled:
+            self._warn_if_hung_bound_is_short(self._rt.settings)
+            watchdog = Watchdog(
+                self._notifier, self._watchdog_period, self.watchdog_problem, self._rt.stop
+            )
+            watchdog.start()
+            self._watching = True
+
+    def _status(self) -> str:
+        if self.last_cycle is not None:
+            return self.last_cycle.summary()
+        return f"polling {len(self._rt.cycle.expected)} scopes, first cycle under way"
+
+    def _warn_if_hung_bound_is_short(self, settings: Settings) -> None:
+        # A poll that waits out every timeout and retry is slow, not hung; a bound shorter than
+        # that would have systemd restart a working daemon over and over.
+        aws = settings.aws
+        slowest = aws.max_attempts * (aws.connect_timeout + aws.read_timeout)
+        bound = hung_after(settings.monitor)
+        if bound < slowest:
+            log.warning(
+                "the watchdog deems the poll loop hung after %g s without progress (3 x "
+                "(interval + jitter)), but one AWS request may take %g s (max_attempts x "
+                "(connect_timeout + read_timeout)); lengthen [monitor] interval or shorten "
+                "the [aws] timeouts",
+                bound,
+                slowest,
+            )
+
+    def reload(self, settings: Settings) -> None:
+        """Apply a new config without a restart, keeping the database, its state and HTTP.
+
+        Targets, `[aws]`, webhooks, interval, jitter, max_concurrency and stuck_after take
+        effect: the next cycle polls with a new `Cycle` and the next dispatch tick delivers
+        through a new `Dispatcher`; a cycle or delivery in flight finishes with the old ones.
+        A changed `[database]` or `[http]` needs a restart: a warning says so and the running
+        ones stay. Raises `ConfigError`, changing nothing, if the new targets or webhooks are
+        unusable.
+        """
+        rt = self._rt
+        running = rt.settings
+        needs_restart = [
+            name
+            for name, changed in (
+                ("database", settings.database != running.database),
+                ("http", settings.http != running.http),
+            )
+            if changed
+        ]
+        settings = replace(settings, database=running.database, http=running.http)
+        sources = tuple(build_sources(settings))
+        dispatcher = _dispatcher(settings, rt.outbox, rt.metrics, rt.clock, rt.stop)
+        store = Store(rt.engine, _alert_policy(settings))
+        cycle = _cycle(settings, sources, store, rt.current, rt.metrics, rt.clock, rt.stop)
+        kept = set(cycle.expected)
+        with self._lock:
+            old_cycle, old_dispatcher = rt.cycle, rt.dispatcher
+            close_cycle = old_cycle is not self._polling
+            close_dispatcher = old_dispatcher is not self._dispatching
+            last = {**self._carried_success, **old_cycle.last_success()}
+            self._carried_success = {k: v for k, v in last.items() if k in kept}
+            dropped = [
+                s.scope(region)
+                for s in rt.sources
+                for region in s.regions
+                if (s.key, region) not in kept
+            ]
+            rt.settings, rt.sources, rt.store = settings, sources, store
+            rt.cycle, rt.dispatcher = cycle, dispatcher
+            if not close_cycle:
+                # The cycle in flight would record them again as it ends.
+                self._forget_after_cycle += dropped
+                dropped = []
+            if self._idle.is_set():
+                # The schedule may start over below: idle time so far is no sign of a hang.
+                self._progress = time.monotonic()
+        if close_cycle:
+            old_cycle.close()
+        if close_dispatcher and old_dispatcher is not None:
+            old_dispatcher.close()
+        _forget_scopes(rt.metrics, dropped)
+        if (settings.monitor.interval, settings.monitor.jitter) != (
+            running.monitor.interval,
+            running.monitor.jitter,
+        ):
+            self._scheduler.reschedule_job("poll", trigger=_poll_trigger(settings.monitor))
+        self._schedule_dispatch()
+        for section in needs_restart:
+            log.warning(
+                "[%s] changed in %s: it takes a restart to apply; keeping the running one",
+                section,
+                settings.source,
+            )
+        if self._watching:
+            self._warn_if_hung_bound_is_short(settings)
+        log.info(
+            "config reloaded from %s: %d scopes every %ss, %d webhooks",
+            settings.source,
+            len(cycle.expected),
+            settings.monitor.interval,
+            len(settings.webhooks),
+        )
+
+    def reload_from(
+        self,
+        load: Callable[[], Settings],
+        on_reload: Callable[[Settings], None] | None = None,
+    ) -> bool:
+        """SIGHUP: read the config with `load` and `reload` it, then call `on_reload`.
+
+        An unusable config is one ERROR line naming the file and key; the running config
+        stays. Systemd hears `RELOADING=1` before and `READY=1` after, whatever the outcome.
+        Returns whether the new config was applied.
+        """
+        self._notifier.notify(
+            "RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}", "STATUS=reloading the config"
+        )
+        applied = False
+        try:
+            settings = load()
+            self.reload(settings)
+            if on_reload is not None:
+                on_reload(settings)
+            applied = True
+        except ConfigError as exc:
+            log.error("config not reloaded, the running one is kept: %s", exc)
+        except Exception:
+            log.exception("config not reloaded, the running one is kept")
+        self._notifier.notify("READY=1", f"STATUS={self._status()}")
+        return applied
 
     @property
     def http_url(self) -> str:
@@ -246,6 +551,7 @@ class Daemon:
     def shutdown(self) -> bool:
         """Stop in order; returns False if the in-flight cycle had to be abandoned."""
         log.info("stopping")
+        self._notifier.notify("STOPPING=1", "STATUS=stopping")
         self._rt.stop.set()
         self._scheduler.shutdown(wait=False)
         deadline = time.monotonic() + STOP_BOUND_SECONDS
@@ -260,32 +566,68 @@ class Daemon:
         return finished
 
 
-def run_until_signalled(daemon: Daemon, stop: threading.Event, deadline: float | None) -> None:
-    """Block until SIGTERM/SIGINT sets `stop` or the monotonic `deadline` passes."""
+def run_until_signalled(
+    daemon: Daemon,
+    stop: threading.Event,
+    deadline: float | None,
+    *,
+    reload: Callable[[], Settings] | None = None,
+    on_reload: Callable[[Settings], None] | None = None,
+) -> None:
+    """Tell systemd the started `daemon` is ready, then serve signals until it must stop.
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    Returns once SIGTERM/SIGINT sets `stop` (the handlers do) or the monotonic `deadline`
+    passes, after the shutdown. With `reload`, SIGHUP reloads the config it returns
+    (`Daemon.reload_from`); without, SIGHUP keeps its default action.
+    """
+    wake = threading.Event()
+    hangup = threading.Event()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        wake.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        hangup.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    if reload is not None:
+        signal.signal(signal.SIGHUP, on_hangup)
+    # Only now: systemd sends its first SIGHUP as soon as it hears READY.
+    daemon.notify_ready()
     while not stop.is_set():
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if stop.wait(timeout if timeout is not None else 3600) or (
-            deadline is not None and time.monotonic() >= deadline
-        ):
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
             break
+        wake.wait(3600 if remaining is None else remaining)
+        # Cleared before the flags are read: a signal arriving meanwhile wakes the next wait.
+        wake.clear()
+        if hangup.is_set() and reload is not None and not stop.is_set():
+            hangup.clear()
+            daemon.reload_from(reload, on_reload)
     if not daemon.shutdown():
         # Worker threads stuck in a network call cannot be interrupted; leave without them.
         logging.shutdown()
         os._exit(0)
 
 
-def run_daemon(settings: Settings, *, duration: float | None = None) -> int:
-    """`fastlaunch-monitor run` (and the daemon half of `demo`): returns the exit code."""
+def run_daemon(
+    settings: Settings,
+    *,
+    duration: float | None = None,
+    reload: Callable[[], Settings] | None = None,
+    on_reload: Callable[[Settings], None] | None = None,
+) -> int:
+    """`fastlaunch-monitor run`: returns the exit code.
+
+    `reload` reads the config again on SIGHUP; `on_reload` is then given what was applied.
+    """
     runtime = open_runtime(settings)
     daemon = Daemon(runtime)
     daemon.start()
     deadline = None if duration is None else time.monotonic() + duration
-    run_until_signalled(daemon, threading.Event(), deadline)
+    run_until_signalled(daemon, threading.Event(), deadline, reload=reload, on_reload=on_reload)
     log.info("stopped")
     return 0

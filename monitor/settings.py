@@ -26,6 +26,7 @@ from sqlalchemy.exc import ArgumentError
 
 from monitor.durations import parse_duration
 from monitor.errors import ConfigError
+from monitor.logs import LEVELS
 from monitor.model import FAILED_STATES, KNOWN_STATES
 
 CONFIG_ENV: Final = "FASTLAUNCH_MONITOR_CONFIG"
@@ -44,7 +45,7 @@ _WEBHOOK_TIMEOUT: Final = 10.0
 _MAX_DURATION: Final = 365 * 86400.0
 
 _ROOT_KEYS = ("monitor", "database", "http", "aws", "targets", "alerts")
-_MONITOR_KEYS = ("interval", "jitter", "max_concurrency", "stuck_after")
+_MONITOR_KEYS = ("interval", "jitter", "max_concurrency", "stuck_after", "log_level")
 _DATABASE_KEYS = ("url", "url_file")
 _HTTP_KEYS = ("listen", "tls_cert_file", "tls_key_file", "tls_client_ca_file")
 _AWS_KEYS = ("retry_mode", "max_attempts", "connect_timeout", "read_timeout", "endpoint_url")
@@ -81,12 +82,16 @@ _DATABASE_URL_HINT = 'use "sqlite:///PATH" or "postgresql+psycopg://USER@HOST/DA
 
 @dataclass(frozen=True, slots=True)
 class MonitorSettings:
-    """`[monitor]`: durations in seconds; `stuck_after == 0` disables stuck alerts."""
+    """`[monitor]`: durations in seconds; `stuck_after == 0` disables stuck alerts.
+
+    `log_level` (upper case) applies unless `--log-level` is given; `None`: INFO.
+    """
 
     interval: float = 300.0
     jitter: float = 10.0
     max_concurrency: int = 16
     stuck_after: float = 7200.0
+    log_level: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,7 +456,19 @@ def _monitor(table: _Table) -> MonitorSettings:
         jitter=table.duration("jitter", default.jitter),
         max_concurrency=table.integer("max_concurrency", default.max_concurrency, minimum=1),
         stuck_after=table.duration("stuck_after", default.stuck_after),
+        log_level=_log_level(table),
     )
+
+
+def _log_level(table: _Table) -> str | None:
+    """`log_level`, in any case, as the upper-case name `logging` knows."""
+    level = table.string("log_level")
+    if level is None:
+        return None
+    known = tuple(name.lower() for name in LEVELS)
+    if level.lower() not in known:
+        raise table.error("log_level", _unknown("log level", level, known))
+    return level.upper()
 
 
 def _database(table: _Table) -> DatabaseSettings:

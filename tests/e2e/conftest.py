@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -84,25 +84,37 @@ def aws_env(endpoint_url: str) -> dict[str, str]:
     return env
 
 
-def write_config(folder: Path, endpoint_url: str, database_url: str, extra: str = "") -> Path:
+DEFAULT_MONITOR = 'interval = "1s"\njitter = "0"'
+
+
+def write_config(
+    folder: Path,
+    endpoint_url: str,
+    database_url: str,
+    extra: str = "",
+    *,
+    monitor: str = DEFAULT_MONITOR,
+    listen: str = "127.0.0.1:0",
+    read_timeout: str = "5s",
+) -> Path:
+    """The daemon's config: `monitor` is the body of `[monitor]`, `extra` follows the target."""
     config = folder / "config.toml"
     config.write_text(
         f"""\
 [monitor]
-interval = "1s"
-jitter = "0"
+{monitor}
 
 [database]
 url = "{database_url}"
 
 [http]
-listen = "127.0.0.1:0"
+listen = "{listen}"
 
 [aws]
 endpoint_url = "{endpoint_url}"
 max_attempts = 1
 connect_timeout = "2s"
-read_timeout = "5s"
+read_timeout = "{read_timeout}"
 
 [[targets]]
 name = "{TARGET}"
@@ -186,29 +198,30 @@ def start_daemon(
     started: list[DaemonProcess] = []
 
     def start(
-        database_url: str | None = None, extra: str = "", log_level: str = "INFO"
+        database_url: str | None = None,
+        extra: str = "",
+        log_level: str | None = "INFO",
+        *,
+        env: Mapping[str, str] | None = None,
+        **config_options: str,
     ) -> DaemonProcess:
+        """Start `run`; `log_level=None` leaves `--log-level` out, `env` adds variables, and
+        `config_options` go to `write_config`."""
         database_url = database_url or f"sqlite:///{tmp_path / 'history.sqlite3'}"
-        config = write_config(tmp_path, simulator_server.endpoint_url, database_url, extra)
-        env = aws_env(simulator_server.endpoint_url)
+        config = write_config(
+            tmp_path, simulator_server.endpoint_url, database_url, extra, **config_options
+        )
+        daemon_env = {**aws_env(simulator_server.endpoint_url), **(env or {})}
         log = tmp_path / f"daemon-{len(started)}.log"
+        level = ["--log-level", log_level] if log_level is not None else []
         with log.open("wb") as stderr:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "monitor",
-                    "--config",
-                    str(config),
-                    "--log-level",
-                    log_level,
-                    "run",
-                ],
-                env=env,
+                [sys.executable, "-m", "monitor", "--config", str(config), *level, "run"],
+                env=daemon_env,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
             )
-        daemon = DaemonProcess(process, log, config, env)
+        daemon = DaemonProcess(process, log, config, daemon_env)
         started.append(daemon)
 
         def listening() -> str | None:
