@@ -39,11 +39,13 @@ from monitor.current import CurrentState
 from monitor.cycle import Clock, Cycle, CycleResult, utc_now
 from monitor.errors import ConfigError, StoreError
 from monitor.http import HttpServer, Readiness, serve
+from monitor.leader import Leadership, leadership_for
 from monitor.metrics import SCOPE_LABELS, MonitorMetrics, build_registry
 from monitor.model import Scope
 from monitor.notify import Notifier, Watchdog, monotonic_usec, watchdog_interval
 from monitor.settings import MonitorSettings, Settings
 from monitor.store import Store, create_engine_for, upgrade
+from monitor.store.guard import SqliteGuard, acquire_sqlite_guard
 from monitor.store.outbox import Outbox
 from monitor.store.repository import AlertPolicy
 
@@ -54,6 +56,10 @@ STOP_BOUND_SECONDS = 8.0
 
 #: How often the dispatcher looks for due alerts (a cheap indexed read when none are due).
 DISPATCH_TICK_SECONDS = 1.0
+
+#: How often an instance checks (or tries to take) leadership; a standby takes over within this
+#: (or a quarter interval, if shorter) of the leader's lock being released.
+LEADERSHIP_TICK_SECONDS = 5.0
 
 #: How many intervals (with their jitter) may pass without a successful poll before `/readyz`
 #: fails, and without progress of the poll loop before the watchdog deems it hung.
@@ -141,8 +147,14 @@ class Runtime:
         self.engine.dispose()
 
 
-def open_runtime(settings: Settings, *, clock: Clock = utc_now) -> Runtime:
-    """Open and migrate the database, load the current state, and build the poll cycle."""
+def open_runtime(
+    settings: Settings, *, clock: Clock = utc_now, guard: SqliteGuard | None = None
+) -> Runtime:
+    """Open and migrate the database, load the current state, and build the poll cycle.
+
+    `guard` is this process's hold on a SQLite file (`acquire_sqlite_guard`): with it, alert
+    leases left in the file can only be a dead process's, and are released at once.
+    """
     sources = tuple(build_sources(settings))
     # One connection per concurrent poll, plus one for scrapes' readiness checks.
     engine = create_engine_for(
@@ -152,9 +164,9 @@ def open_runtime(settings: Settings, *, clock: Clock = utc_now) -> Runtime:
         upgrade(engine)
         store = Store(engine, _alert_policy(settings))
         outbox = Outbox(engine)
-        if engine.dialect.name == "sqlite":
-            # One process per SQLite file: any lease left is a dead process's; its alerts are
-            # due again now rather than when the lease would have run out.
+        if guard is not None and guard.held:
+            # No other daemon uses this file: any lease left is a dead process's; its alerts
+            # are due again now rather than when the lease would have run out.
             outbox.release_all()
         current = CurrentState()
         current.load(store.current_images())
@@ -230,14 +242,23 @@ class Daemon:
         *,
         notifier: Notifier | None = None,
         watchdog_period: float | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self._rt = runtime
+        self._leadership = leadership or leadership_for(runtime.settings.database.url, os.environ)
+        self._leading = False
         self._notifier = notifier or Notifier.from_env()
         self._watchdog_period = watchdog_period or watchdog_interval()
         self._watching = False
         # Delivery runs beside polling, so a dead receiver's timeouts never delay a poll.
+        # Leadership has its own thread too: a long cycle must not delay a takeover.
         self._scheduler = BackgroundScheduler(
-            timezone=UTC, executors={"default": SchedulerPool(1), "alerts": SchedulerPool(1)}
+            timezone=UTC,
+            executors={
+                "default": SchedulerPool(1),
+                "alerts": SchedulerPool(1),
+                "leadership": SchedulerPool(1),
+            },
         )
         self._idle = threading.Event()
         self._idle.set()
@@ -258,6 +279,10 @@ class Daemon:
         self.last_cycle: CycleResult | None = None
 
     def _poll_job(self) -> None:
+        if not self._check_leadership():
+            # A standby's loop is alive, not hung: it has nothing to do.
+            self._progress = time.monotonic()
+            return
         with self._lock:
             cycle = self._polling = self._rt.cycle
             self._progress = time.monotonic()
@@ -288,7 +313,7 @@ class Daemon:
             self._idle.set()
 
     def _dispatch_job(self) -> None:
-        if self._rt.stop.is_set():
+        if self._rt.stop.is_set() or not self._leading:
             return
         with self._lock:
             dispatcher = self._dispatching = self._rt.dispatcher
@@ -308,6 +333,36 @@ class Daemon:
                 dispatcher.close()
             self._dispatch_idle.set()
 
+    def _check_leadership(self) -> bool:
+        """Acquire or verify leadership; on a change, take over or step down. Thread-safe."""
+        leading = self._leadership.acquire_or_verify()
+        with self._lock:
+            changed, self._leading = leading != self._leading, leading
+        if not changed:
+            return leading
+        rt = self._rt
+        if leading:
+            # The state the previous leader left is the one to diff against and to export.
+            try:
+                rt.current.load(rt.store.current_images())
+            except StoreError as exc:
+                log.error("took over, but could not load the current state: %s", exc)
+            log.info("leading: this instance polls and delivers alerts")
+            rt.metrics.set_leader(True)
+            if self._scheduler.running and self._scheduler.get_job("poll") is not None:
+                self._scheduler.modify_job("poll", next_run_time=datetime.now(UTC))
+        else:
+            log.warning("standing by: another instance leads (or the database is unreachable)")
+            rt.metrics.set_leader(False)
+            rt.current.clear()
+        return leading
+
+    def _leadership_job(self) -> None:
+        try:
+            self._check_leadership()
+        except Exception:
+            log.exception("leadership check failed")
+
     def healthy(self) -> bool:
         return bool(self._scheduler.running)
 
@@ -320,6 +375,9 @@ class Daemon:
             checks["database"] = "ok"
         except StoreError as exc:
             checks["database"] = f"failing: {exc}"
+        if not self._leading:
+            checks["leadership"] = "standby"
+            return Readiness(ready=checks["database"] == "ok", checks=checks)
         monitor = self._rt.settings.monitor
         horizon = now - timedelta(seconds=STALE_INTERVALS * (monitor.interval + monitor.jitter))
         cycle = self._rt.cycle
@@ -388,7 +446,20 @@ class Daemon:
             tls_key_file=http.tls_key_file,
             tls_client_ca_file=http.tls_client_ca_file,
         )
-        self._rt.metrics.set_leader(True)
+        self._check_leadership()
+        monitor = settings.monitor
+        self._scheduler.add_job(
+            self._leadership_job,
+            IntervalTrigger(
+                seconds=min(LEADERSHIP_TICK_SECONDS, monitor.interval / 4), timezone=UTC
+            ),
+            id="leadership",
+            name="leadership",
+            executor="leadership",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
         self._scheduler.add_job(
             self._poll_job,
             _poll_trigger(settings.monitor),
@@ -561,6 +632,9 @@ class Daemon:
             log.warning("abandoning the in-flight poll cycle: nothing of it is recorded")
         if self._http is not None:
             self._http.close()
+        # Released at once, a standby takes over at its next check, not when the server
+        # notices this session is gone.
+        self._leadership.release()
         if finished:
             self._rt.close()
         return finished
@@ -624,10 +698,15 @@ def run_daemon(
 
     `reload` reads the config again on SIGHUP; `on_reload` is then given what was applied.
     """
-    runtime = open_runtime(settings)
-    daemon = Daemon(runtime)
-    daemon.start()
-    deadline = None if duration is None else time.monotonic() + duration
-    run_until_signalled(daemon, threading.Event(), deadline, reload=reload, on_reload=on_reload)
+    guard = acquire_sqlite_guard(settings.database.url)
+    try:
+        runtime = open_runtime(settings, guard=guard)
+        daemon = Daemon(runtime)
+        daemon.start()
+        deadline = None if duration is None else time.monotonic() + duration
+        run_until_signalled(daemon, threading.Event(), deadline, reload=reload, on_reload=on_reload)
+    finally:
+        if guard is not None:
+            guard.close()
     log.info("stopped")
     return 0
