@@ -41,7 +41,7 @@ from monitor.errors import ConfigError, StoreError
 from monitor.http import HttpServer, Readiness, serve
 from monitor.leader import Leadership, leadership_for
 from monitor.metrics import SCOPE_LABELS, MonitorMetrics, build_registry
-from monitor.model import Scope
+from monitor.model import PollResult, Scope
 from monitor.notify import Notifier, Watchdog, monotonic_usec, watchdog_interval
 from monitor.settings import MonitorSettings, Settings
 from monitor.store import Store, create_engine_for, upgrade
@@ -282,6 +282,7 @@ class Daemon:
         if not self._check_leadership():
             # A standby's loop is alive, not hung: it has nothing to do.
             self._progress = time.monotonic()
+            self._count_polls_lost_to_the_database()
             return
         with self._lock:
             cycle = self._polling = self._rt.cycle
@@ -356,6 +357,31 @@ class Daemon:
             rt.metrics.set_leader(False)
             rt.current.clear()
         return leading
+
+    def _count_polls_lost_to_the_database(self) -> None:
+        """A cycle skipped because the database is down is a failed poll of every scope.
+
+        Without a database no instance can lead, so none polls: say so where operators look,
+        in `fastlaunch_poll_success` and `fastlaunch_poll_errors_total{error="StoreError"}`.
+        """
+        rt = self._rt
+        try:
+            rt.store.ping()
+        except StoreError as exc:
+            log.error("poll cycle skipped: %s", exc)
+            now = rt.clock()
+            for source in rt.sources:
+                for region in source.regions:
+                    lost = PollResult(
+                        scope=source.scope(region),
+                        started_at=now,
+                        duration_seconds=0.0,
+                        pages=0,
+                        images=None,
+                        error_code="StoreError",
+                        error_message=str(exc),
+                    )
+                    rt.metrics.poll_finished(lost, ())
 
     def _leadership_job(self) -> None:
         try:

@@ -55,8 +55,12 @@ def postgres_url() -> Iterator[str]:
         _postgres_unavailable(f"{POSTGRES_URL_VARIABLE} is not set")
     server = make_url(base).set(drivername="postgresql+psycopg")
     name = f"fastlaunch_test_{uuid.uuid4().hex[:16]}"
+    # pool_pre_ping: a test may restart the server; the drop afterwards must still work.
     admin = sqlalchemy.create_engine(
-        server, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
+        server,
+        isolation_level="AUTOCOMMIT",
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 5},
     )
     try:
         with admin.connect() as connection:
