@@ -247,6 +247,7 @@ class Daemon:
         self._rt = runtime
         self._leadership = leadership or leadership_for(runtime.settings.database.url, os.environ)
         self._leading = False
+        self._rest_until = 0.0
         self._notifier = notifier or Notifier.from_env()
         self._watchdog_period = watchdog_period or watchdog_interval()
         self._watching = False
@@ -334,11 +335,22 @@ class Daemon:
                 dispatcher.close()
             self._dispatch_idle.set()
 
+    def _leadership_tick(self) -> float:
+        return min(LEADERSHIP_TICK_SECONDS, self._rt.settings.monitor.interval / 4)
+
     def _check_leadership(self) -> bool:
-        """Acquire or verify leadership; on a change, take over or step down. Thread-safe."""
-        leading = self._leadership.acquire_or_verify()
+        """Acquire or verify leadership; on a change, take over or step down. Thread-safe.
+
+        An instance that just stepped down waits a few ticks before it tries again, so that a
+        standby, not the instance that lost its connection, takes over.
+        """
+        with self._lock:
+            resting = time.monotonic() < self._rest_until
+        leading = False if resting else self._leadership.acquire_or_verify()
         with self._lock:
             changed, self._leading = leading != self._leading, leading
+            if changed and not leading:
+                self._rest_until = time.monotonic() + 3 * self._leadership_tick()
         if not changed:
             return leading
         rt = self._rt
@@ -473,12 +485,9 @@ class Daemon:
             tls_client_ca_file=http.tls_client_ca_file,
         )
         self._check_leadership()
-        monitor = settings.monitor
         self._scheduler.add_job(
             self._leadership_job,
-            IntervalTrigger(
-                seconds=min(LEADERSHIP_TICK_SECONDS, monitor.interval / 4), timezone=UTC
-            ),
+            IntervalTrigger(seconds=self._leadership_tick(), timezone=UTC),
             id="leadership",
             name="leadership",
             executor="leadership",

@@ -8,16 +8,25 @@ listed, or is removed. A **stuck** alert fires once when an image has stayed in 
 
 Every alert is keyed by (receiver, account, region, image, kind, state, since, status), where
 `state` and `since` are those of the failing (or stuck) state the alert is about — for a
-resolve too, so each firing has exactly one resolve and Alertmanager and PagerDuty can match
-them. The key makes writing the same alert twice (a poll applied twice, two instances racing)
-a no-op in the outbox; the event id is derived from it, so it is the same for every copy.
+resolve too, so a resolve names its firing and Alertmanager and PagerDuty can match them. The
+key makes writing the same alert twice (a poll applied twice, two instances racing) a no-op in
+the outbox; the event id is derived from it, so it is the same for every copy.
+
+Each firing has at most one resolve: a new failure of an image fires again without resolving
+the earlier alert, and the next resolve resolves the newest. The rules see the stored images,
+not the outbox, so the `since` they give a resolve is provisional: the stored transition time,
+or this poll's time when AWS gave none (the firing was keyed by the time of the poll that first
+saw the failure); and a stuck alert may never have fired (no poll saw the image stuck before it
+moved on). The store pairs each resolve with its firing as it writes it
+(`monitor.store.outbox.insert_alerts`): re-keyed by the `since` of the newest firing of its
+alert (`AlertEvent.resolving`), or dropped when nothing fired.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -94,6 +103,11 @@ class AlertEvent:
     def event_id(self) -> str:
         return self.key.event_id
 
+    def resolving(self, since: datetime) -> AlertEvent:
+        """This resolve keyed by the firing it resolves, which was keyed by `since`."""
+        key = replace(self.key, since=since)
+        return AlertEvent(key=key, payload={**self.payload, "event_id": key.event_id})
+
 
 def _event(
     key: AlertKey, transition: Transition, image: FastLaunchImage | None, observed_at: datetime
@@ -147,6 +161,7 @@ def alerts_for_poll(
 
     `previous` is the stored state the poll was diffed against, `diff` the result, `current`
     every image of the poll (for the stuck check, which concerns images that did not change).
+    A resolve's `since` is provisional until the store pairs it with its firing (see above).
     """
     if not receivers:
         return []
@@ -181,6 +196,7 @@ def alerts_for_poll(
                 )
             if before is None or not receiver.send_resolved:
                 continue
+            # Provisional: the store re-keys a resolve by its firing's `since`, or drops it.
             since = before.state_transition_time or observed_at
             if before.state in receiver.states and transition.new_state not in receiver.states:
                 add(receiver, FAILED, RESOLVED, before.state, since, transition, image)

@@ -1,10 +1,11 @@
 """The alert outbox: alerts enqueued with the transition that caused them, claimed and finished.
 
 Enqueueing happens inside `Store.apply_poll`'s transaction (`insert_alerts`), so an alert exists
-exactly when its transition does. Delivery claims due rows under a lease — `FOR UPDATE SKIP
-LOCKED` on PostgreSQL, so two dispatchers never hold one row at once; SQLite has one writer at
-a time anyway — and finishing a row is refused when its lease was lost, so a slow dispatcher
-whose lease expired cannot overwrite the outcome of the one that took over.
+exactly when its transition does; there each resolve is paired with the firing it resolves.
+Delivery claims due rows under a lease — `FOR UPDATE SKIP LOCKED` on PostgreSQL, so two
+dispatchers never hold one row at once; SQLite has one writer at a time anyway — and finishing
+a row is refused when its lease was lost, so a slow dispatcher whose lease expired cannot
+overwrite the outcome of the one that took over.
 """
 
 from __future__ import annotations
@@ -42,12 +43,87 @@ FAILED = "failed"
 _o = alert_outbox
 
 
+#: Image ids per statement when looking up the firings of a poll's resolves.
+_LOOKUP_CHUNK = 500
+
+#: (receiver, account, region, image, kind, state): what a resolve and its firing share.
+_Alert = tuple[str, str, str, str, str, str]
+
+
+def _alert(event: AlertEvent) -> _Alert:
+    key = event.key
+    return (
+        key.receiver,
+        key.scope.account_id,
+        key.scope.region,
+        key.image_id,
+        key.kind,
+        key.state,
+    )
+
+
+def _newest_firings(
+    connection: Connection, resolves: Sequence[AlertEvent]
+) -> dict[_Alert, datetime]:
+    """The `since` of the newest (last written) firing row of each alert `resolves` are about."""
+    wanted: dict[tuple[str, str], set[str]] = {}
+    receivers: set[str] = set()
+    for event in resolves:
+        scope = event.key.scope
+        wanted.setdefault((scope.account_id, scope.region), set()).add(event.key.image_id)
+        receivers.add(event.key.receiver)
+    newest: dict[_Alert, datetime] = {}
+    for (account_id, region), image_ids in wanted.items():
+        ordered = sorted(image_ids)
+        for start in range(0, len(ordered), _LOOKUP_CHUNK):
+            rows = connection.execute(
+                select(_o.c.receiver, _o.c.image_id, _o.c.kind, _o.c.state, _o.c.transition_time)
+                .where(
+                    _o.c.receiver.in_(sorted(receivers)),
+                    _o.c.account_id == account_id,
+                    _o.c.region == region,
+                    _o.c.image_id.in_(ordered[start : start + _LOOKUP_CHUNK]),
+                    _o.c.status == FIRING,
+                )
+                .order_by(_o.c.id)
+            )
+            for row in rows:
+                alert = (row.receiver, account_id, region, row.image_id, row.kind, row.state)
+                newest[alert] = row.transition_time
+    return newest
+
+
+def _paired(connection: Connection, events: Sequence[AlertEvent]) -> list[AlertEvent]:
+    # Only the outbox knows which firing a resolve is about (see `monitor.alerts.rules`).
+    resolves = [event for event in events if event.key.status == RESOLVED]
+    if not resolves:
+        return list(events)
+    # A poll's firings and resolves are never about one alert (a resolve is about the state
+    # an image left, a firing about the state it is in), so earlier polls' rows are all there is.
+    newest = _newest_firings(connection, resolves)
+    paired: list[AlertEvent] = []
+    for event in events:
+        if event.key.status != RESOLVED:
+            paired.append(event)
+        elif (since := newest.get(_alert(event))) is not None:
+            paired.append(event.resolving(since))
+        # Else nothing fired, so there is nothing to resolve: no receiver hears of it.
+    return paired
+
+
 def insert_alerts(connection: Connection, events: Sequence[AlertEvent], now: datetime) -> None:
     """Enqueue `events` in the caller's transaction; an alert already there is left alone.
+
+    Every resolve is first paired with the newest firing row of its alert (receiver, account,
+    region, image, kind, state): keyed by that firing's `since`, so it resolves that firing
+    and waits for it, or dropped when no firing exists. Only resolves cost a lookup.
 
     A new alert about an image also ends the Alertmanager re-sends of that image's older alerts
     of the same kind: a resolve ends its firing, a new failure replaces the previous one.
     """
+    events = _paired(connection, events)
+    if not events:
+        return
     groups = {
         (e.key.receiver, e.key.scope.account_id, e.key.scope.region, e.key.image_id, e.key.kind)
         for e in events

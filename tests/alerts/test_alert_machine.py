@@ -11,7 +11,8 @@ The machine keeps its own model of what AWS reported and checks after every step
 - the history holds exactly the transitions the model expects;
 - the outbox holds one firing per receiver for each transition into one of its states (counted
   from the recorded history) and none for any other state, and exactly the resolves and stuck
-  alerts SPEC §5 asks for;
+  alerts SPEC §5 asks for — each resolve keyed by the newest firing of its alert, and none
+  where nothing fired (a stuck image no poll saw stuck);
 - every request a receiver got carries the event id of one outbox row, in its header and in its
   body, and says what that row is about;
 - a resolve reaches a receiver only after its firing did, and after the firing was accepted
@@ -26,8 +27,8 @@ delivered or failed (by a 410, or after 24 h of transient failures), except thos
 receiver disabled by 410, which stay pending; every crashed delivery was sent again with its
 event id; and the metrics agree with the outbox and the recorded attempts.
 
-Two bugs of the rules are known, each shown by an `xfail` test at the end of this module; until
-they are fixed, the machine's polls steer around them (see the comments that name those tests).
+Polls leave out `StateTransitionTime` for any state, failed ones included, and let an image get
+stuck and move on between two polls; the examples at the end of this module show both.
 """
 
 from __future__ import annotations
@@ -237,15 +238,10 @@ class FakeSender:
 
 @dataclass(frozen=True, slots=True)
 class Seen:
-    """What the store holds of an image: AWS's state and time, and the transition's time.
-
-    `since` is the time recorded for the transition into `state`: AWS's, or the poll's when
-    AWS gave none.
-    """
+    """What the store holds of an image: AWS's state and time."""
 
     state: str
     time: datetime | None
-    since: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +324,8 @@ class AlertMachine(RuleBasedStateMachine):
         self.seen: dict[str, Seen] = {}
         self.expected_history: set[Transition] = set()
         self.expected_alerts: set[AlertKey] = set()
+        #: The `since` of each alert's newest firing row, by (receiver, image, kind, state).
+        self.newest_firing: dict[tuple[str, str, str, str], datetime] = {}
 
     # -- the daemon's life -------------------------------------------------------------------
 
@@ -447,11 +445,6 @@ class AlertMachine(RuleBasedStateMachine):
         images = []
         for image_id, listed in zip(IMAGE_IDS, listings, strict=True):
             before = self.seen.get(image_id)
-            if before is not None and self._stuck_unseen(image_id, before):
-                # Known bug (test_an_image_stuck_between_two_polls_is_not_resolved_unannounced):
-                # until it is fixed, a poll sees such an image stuck before it may move on.
-                images.append(an_image(before.state, before.time, image_id))
-                continue
             if listed is None:
                 continue
             state, time, milliseconds_ago = listed
@@ -459,10 +452,6 @@ class AlertMachine(RuleBasedStateMachine):
             if before is not None and before.time is not None:
                 new = max(new, before.time + timedelta(milliseconds=1))
             when = {"keep": before.time if before else new, "new": new, "missing": None}[time]
-            if when is None and state in FAILED_STATES:
-                # Known bug (test_a_failure_without_a_transition_time_resolves_after_its_firing):
-                # until it is fixed, AWS leaves out the time of non-failed states only.
-                when = new
             images.append(an_image(state, when, image_id))
         self.report(images)
 
@@ -495,22 +484,12 @@ class AlertMachine(RuleBasedStateMachine):
                 continue
             since = image.state_transition_time or now
             self._expect_transition(image_id, before, image.state, since)
-            self.seen[image_id] = Seen(image.state, image.state_transition_time, since)
+            self.seen[image_id] = Seen(image.state, image.state_transition_time)
         for image in images:
-            if image.state_transition_time is not None and self._stuck(
-                image.state, image.state_transition_time
-            ):
+            time = image.state_transition_time
+            if time is not None and self._stuck(image.state, time):
                 for receiver in self.receivers:
-                    self.expected_alerts.add(
-                        (
-                            receiver.name,
-                            image.image_id,
-                            STUCK,
-                            image.state,
-                            image.state_transition_time,
-                            FIRING,
-                        )
-                    )
+                    self._expect_firing((receiver.name, image.image_id, STUCK, image.state, time))
 
     def _stuck(self, state: str, since: datetime) -> bool:
         elapsed = self.clock.now() - since
@@ -520,35 +499,40 @@ class AlertMachine(RuleBasedStateMachine):
             and elapsed >= timedelta(seconds=self.stuck_after)
         )
 
-    def _stuck_unseen(self, image_id: str, seen: Seen) -> bool:
-        """Stuck by now, but no poll saw it so: its stuck alert has not fired."""
-        fired = (self.receivers[0].name, image_id, STUCK, seen.state, seen.since, FIRING)
-        return (
-            seen.time is not None
-            and self._stuck(seen.state, seen.time)
-            and fired not in self.expected_alerts
-        )
+    def _expect_firing(self, alert: Alert) -> None:
+        """A firing row, unless the outbox has it already; a new one is its alert's newest."""
+        if (*alert, FIRING) not in self.expected_alerts:
+            self.expected_alerts.add((*alert, FIRING))
+            receiver, image_id, kind, state, since = alert
+            self.newest_firing[(receiver, image_id, kind, state)] = since
+
+    def _expect_resolve(self, receiver: str, image_id: str, kind: str, state: str) -> None:
+        """A resolve resolves the newest firing of its alert: none if nothing fired."""
+        since = self.newest_firing.get((receiver, image_id, kind, state))
+        if since is not None:
+            self.expected_alerts.add((receiver, image_id, kind, state, since, RESOLVED))
 
     def _expect_transition(
         self, image_id: str, before: Seen | None, state: str, since: datetime
     ) -> None:
         """SPEC §5 for one transition: fire into a listed state; resolve what it leaves."""
         self.expected_history.add((image_id, state, since))
+        was_stuck = (
+            before is not None
+            and before.time is not None
+            and before.state != state
+            and self._stuck(before.state, before.time)
+        )
         for receiver in self.receivers:
             name = receiver.name
             if state in receiver.states:
-                self.expected_alerts.add((name, image_id, FAILED, state, since, FIRING))
+                self._expect_firing((name, image_id, FAILED, state, since))
             if before is None or not receiver.send_resolved:
                 continue
             if before.state in receiver.states and state not in receiver.states:
-                self.expected_alerts.add(
-                    (name, image_id, FAILED, before.state, before.since, RESOLVED)
-                )
-            stuck = (name, image_id, STUCK, before.state, before.since, FIRING)
-            if before.state != state and stuck in self.expected_alerts:
-                self.expected_alerts.add(
-                    (name, image_id, STUCK, before.state, before.since, RESOLVED)
-                )
+                self._expect_resolve(name, image_id, FAILED, before.state)
+            if was_stuck:
+                self._expect_resolve(name, image_id, STUCK, before.state)
 
     # -- reading the database ----------------------------------------------------------------
 
@@ -768,11 +752,6 @@ def test_every_failure_alerts_once_and_resolves_after_its_firing_through_outages
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rules.py keys the resolve of a failure AWS gave no StateTransitionTime by the time "
-    "of the poll that resolves it, not by the time its firing was keyed by",
-)
 def test_a_failure_without_a_transition_time_resolves_after_its_firing(
     machine: AlertMachine,
 ) -> None:
@@ -788,11 +767,6 @@ def test_a_failure_without_a_transition_time_resolves_after_its_firing(
     assert got == [(FIRING, "500")], "the resolve must wait for its firing"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rules.py resolves a stuck alert when the image was stuck by the time of the poll "
-    "that sees it move on, whether or not a poll ever saw it stuck and fired the alert",
-)
 def test_an_image_stuck_between_two_polls_is_not_resolved_unannounced(
     machine: AlertMachine,
 ) -> None:

@@ -113,6 +113,19 @@ def test_a_stuck_image_that_fails_fires_the_failure_and_resolves_the_stuck_alert
     ]
 
 
+def test_a_resolve_paired_with_its_firing_takes_that_firing_s_since_and_a_matching_event_id():
+    # AWS gave the failure no time: its firing was keyed by the poll that first saw it (T0),
+    # which only the outbox knows; the rules can only offer this poll's time.
+    previous = {"ami-1": image("enabled-failed", None)}
+    recovered = image("enabled", NOW)
+    diff = diff_images(previous, [recovered], NOW)
+    (resolve,) = alerts_for_poll(SCOPE, previous, diff, [OPS], NOW, current=[recovered])
+    paired = resolve.resolving(T0)
+    assert paired.key == replace(resolve.key, since=T0)
+    assert paired.event_id != resolve.event_id
+    assert paired.payload == {**resolve.payload, "event_id": paired.event_id}
+
+
 def test_the_event_id_is_the_same_for_the_same_alert_and_differs_otherwise():
     key = AlertKey("ops", SCOPE, "ami-1", FAILED, "enabled-failed", T0, FIRING)
     assert key.event_id == replace(key).event_id

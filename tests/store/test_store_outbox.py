@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from monitor.alerts.records import DeliveryOutcome
-from monitor.alerts.rules import Receiver, alert_policy
+from monitor.alerts.rules import AlertKey, Receiver, alert_policy
 from monitor.model import FAILED_STATES, FastLaunchImage, PollResult, Scope
 from monitor.store import Store, create_engine_for, upgrade
 from monitor.store.outbox import DELIVERED, FAILED, RETRY, Outbox
@@ -120,6 +120,75 @@ def test_a_resolve_waits_until_its_firing_is_delivered(alerting, outbox):
     assert resolve.status == "resolved"
     assert resolve.state == "enabled-failed"
     assert resolve.since == T0
+
+
+def keys(engine: Engine) -> list[tuple[str, str, str, str, datetime]]:
+    """(receiver, kind, status, state, since) of every outbox row, oldest first."""
+    o = alert_outbox.c
+    with engine.connect() as c:
+        found = c.execute(
+            select(o.receiver, o.kind, o.status, o.state, o.transition_time).order_by(o.id)
+        )
+        return [tuple(row) for row in found]
+
+
+def test_the_resolve_of_a_failure_aws_gave_no_time_is_keyed_by_its_firing(alerting, outbox):
+    alerting.apply_poll(a_poll(an_image("enabled-failed", None)), T0)
+    later = T0 + timedelta(minutes=1)
+    alerting.apply_poll(a_poll(an_image("enabled", later), at=later), later)
+    (firing,) = outbox.claim_due(later, receivers=["ops"], lease=60)
+    assert (firing.status, firing.since) == ("firing", T0)
+    # Paired with its firing, the resolve waits for it.
+    assert outbox.claim_due(later, receivers=["ops"], lease=60) == []
+    outbox.finish(firing, OK, later, result=DELIVERED)
+    (resolve,) = outbox.claim_due(later, receivers=["ops"], lease=60)
+    assert (resolve.status, resolve.state, resolve.since) == ("resolved", "enabled-failed", T0)
+    key = AlertKey("ops", SCOPE, "ami-1", "failed", "enabled-failed", T0, "resolved")
+    assert resolve.event_id == resolve.payload["event_id"] == key.event_id
+
+
+def test_a_resolve_after_a_repeated_failure_resolves_the_newest_firing(alerting, engine):
+    again = T0 + timedelta(minutes=1)
+    recovered = T0 + timedelta(minutes=2)
+    alerting.apply_poll(a_poll(an_image("enabled-failed", T0)), T0)
+    alerting.apply_poll(a_poll(an_image("enabled-failed", again), at=again), again)
+    alerting.apply_poll(a_poll(an_image("enabled", recovered), at=recovered), recovered)
+    assert [k for k in keys(engine) if k[0] == "ops"] == [
+        ("ops", "failed", "firing", "enabled-failed", T0),
+        ("ops", "failed", "firing", "enabled-failed", again),
+        ("ops", "failed", "resolved", "enabled-failed", again),
+    ]
+
+
+def test_a_failure_that_fired_for_no_receiver_is_not_resolved(engine):
+    # The receiver only asked for `enabled-failed` after the image had failed.
+    before = Store(engine, alert_policy([Receiver("ops", frozenset({"enabling-failed"}))], 0))
+    before.apply_poll(a_poll(an_image("enabled-failed")), T0)
+    after = Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 0))
+    later = T0 + timedelta(minutes=1)
+    after.apply_poll(a_poll(an_image("enabled", later), at=later), later)
+    assert rows(engine) == 0
+
+
+def test_a_stuck_image_a_poll_saw_stuck_resolves_its_stuck_alert_when_it_moves_on(engine):
+    stuck = Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 7200))
+    seen_stuck = T0 + timedelta(hours=3)
+    stuck.apply_poll(a_poll(an_image("enabling", T0)), T0)
+    stuck.apply_poll(a_poll(an_image("enabling", T0), at=seen_stuck), seen_stuck)
+    moved_on = seen_stuck + timedelta(minutes=1)
+    stuck.apply_poll(a_poll(an_image("enabled", moved_on), at=moved_on), moved_on)
+    assert keys(engine) == [
+        ("ops", "stuck", "firing", "enabling", T0),
+        ("ops", "stuck", "resolved", "enabling", T0),
+    ]
+
+
+def test_an_image_stuck_only_between_two_polls_resolves_no_stuck_alert(engine):
+    stuck = Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 7200))
+    stuck.apply_poll(a_poll(an_image("enabling", T0)), T0)
+    moved_on = T0 + timedelta(hours=3)
+    stuck.apply_poll(a_poll(an_image("enabled", moved_on), at=moved_on), moved_on)
+    assert rows(engine) == 0
 
 
 def test_a_delivered_alertmanager_alert_comes_back_until_it_is_resolved(alerting, outbox):
