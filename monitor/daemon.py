@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from types import FrameType
+from typing import Final
 
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerPool
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 
 #: SPEC §7: on SIGTERM the in-flight poll is finished or abandoned within 10 s.
 STOP_BOUND_SECONDS = 8.0
+
+#: Every job: never two runs at once, missed runs collapsed into one, never dropped as late.
+ONE_RUN_AT_A_TIME: Final = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
 
 #: How often the dispatcher looks for due alerts (a cheap indexed read when none are due).
 DISPATCH_TICK_SECONDS = 1.0
@@ -465,9 +469,7 @@ class Daemon:
                 id="dispatch",
                 name="alert dispatch",
                 executor="alerts",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=None,
+                **ONE_RUN_AT_A_TIME,
             )
 
     def start(self) -> None:
@@ -491,9 +493,7 @@ class Daemon:
             id="leadership",
             name="leadership",
             executor="leadership",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
+            **ONE_RUN_AT_A_TIME,
         )
         self._scheduler.add_job(
             self._poll_job,
@@ -501,9 +501,7 @@ class Daemon:
             id="poll",
             name="poll cycle",
             next_run_time=datetime.now(UTC),
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
+            **ONE_RUN_AT_A_TIME,
         )
         self._schedule_dispatch()
         self._progress = time.monotonic()
