@@ -3,7 +3,9 @@
 One session per target (the default credential chain, a named profile, or a role assumed from
 either, with botocore's own refreshable credentials so the role is assumed once and renewed
 before it expires, not once per poll), one EC2 client per region, reused across cycles. Every
-botocore error is translated here into a `SourceError` that keeps the AWS error code.
+EC2 request, each retry of botocore's included, first takes a token from its account and
+region's bucket (`monitor.ratelimit`). Every botocore error is translated here into a
+`SourceError` that keeps the AWS error code.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
 from monitor.errors import ConfigError, SourceError
 from monitor.model import Scope
+from monitor.ratelimit import RateLimits, TokenBucket
 from monitor.settings import AwsSettings, TargetSettings
 
 #: AWS's largest page for DescribeFastLaunchImages: fewest round trips per poll.
@@ -40,6 +43,14 @@ RawImage = dict[str, Any]
 
 #: What time it is, as an aware datetime; assumed-role credentials are renewed by it.
 Clock = Callable[[], datetime]
+
+#: EC2 meters an account's requests per region whoever makes them, so by default every target
+#: of the process (also those a reload makes) draws on the same buckets.
+PROCESS_RATE_LIMITS = RateLimits()
+
+#: The event botocore emits before each HTTP attempt of an EC2 operation, retries included
+#: (`before-call` comes once per operation, whatever its retries).
+_BEFORE_EACH_ATTEMPT = "before-send.ec2"
 
 
 def _utc_now() -> datetime:
@@ -201,13 +212,21 @@ class TargetSource:
 
     Safe to use from several threads: clients are created under a lock and botocore clients
     are thread-safe once made. `clock` is what assumed-role credentials are checked for
-    expiry against (tests move it).
+    expiry against (tests move it). `rate_limits` holds the buckets its EC2 requests draw on:
+    one per account and region, shared with every other target reaching that account there.
     """
 
     def __init__(
-        self, index: int, target: TargetSettings, aws: AwsSettings, *, clock: Clock = _utc_now
+        self,
+        index: int,
+        target: TargetSettings,
+        aws: AwsSettings,
+        *,
+        clock: Clock = _utc_now,
+        rate_limits: RateLimits = PROCESS_RATE_LIMITS,
     ) -> None:
         self.key = target.name or f"targets[{index}]"
+        self._rate_limits = rate_limits
         self.settings = target
         self._config_key = f"targets[{index}]"
         self._aws = aws
@@ -257,8 +276,29 @@ class TargetSource:
                     config=self._botocore_config,
                     endpoint_url=endpoint,
                 )
+                if service == "ec2":
+                    # First, so the token is taken before any other handler sends or answers.
+                    client.meta.events.register_first(
+                        _BEFORE_EACH_ATTEMPT, self._token_taker(region)
+                    )
                 self._clients[name] = client
             return client
+
+    def _token_taker(self, region: str) -> Callable[..., None]:
+        def take_token(**_event: Any) -> None:
+            # Returns None: a value would be taken by botocore as the response.
+            self.rate_limit(region).acquire()
+
+        return take_token
+
+    def rate_limit(self, region: str) -> TokenBucket:
+        """The bucket this target's EC2 requests in `region` draw on now.
+
+        Its account's once the account id is known (from the role ARN, or after STS); until
+        then one of the target's own.
+        """
+        owner = self._account_id or f"target {self.key}"
+        return self._rate_limits.bucket(owner, region)
 
     def account_id(self) -> str:
         """The target's account id: from the role ARN, else asked of STS once and kept."""

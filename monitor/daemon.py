@@ -120,6 +120,7 @@ def _cycle(
         max_concurrency=settings.monitor.max_concurrency,
         clock=clock,
         stop=stop,
+        interval=settings.monitor.interval,
     )
 
 

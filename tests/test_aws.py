@@ -11,6 +11,7 @@ import pytest
 
 from monitor.aws import ROLE_SESSION_NAME, TargetSource
 from monitor.errors import ConfigError, SourceError
+from monitor.ratelimit import RateLimits
 from monitor.settings import AwsSettings, TargetSettings
 from monitor.simulator import FastLaunchSimulator, ManualClock, simulator_for, start_server
 from tests.fakes import (
@@ -343,3 +344,117 @@ def test_the_fast_timestamp_parser_agrees_with_botocores():
         1795687200,
     ):
         assert parse_timestamp(text) == botocore_parse(text), text
+
+
+def still_limits(sleeps: list[float] | None = None, *, burst: int = 100) -> RateLimits:
+    """EC2's buckets on a clock that stands still: a token taken is never given back."""
+    slept = [] if sleeps is None else sleeps
+    return RateLimits(20, burst, clock=lambda: 0.0, sleep=slept.append)
+
+
+def test_a_poll_of_450_images_takes_one_token_per_page_and_sts_takes_none(
+    sim: FastLaunchSimulator,
+) -> None:
+    sim.seed(450)
+    limits = still_limits()
+    target = TargetSource(0, TargetSettings(), NO_RETRIES, rate_limits=limits)
+    target.account_id()
+
+    _, pages = target.describe(REGION)
+
+    assert pages == 3
+    assert limits.bucket(ACCOUNT, REGION).available() == 97
+
+
+def test_a_throttled_then_retried_request_takes_one_token_per_attempt(
+    sim: FastLaunchSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim.seed(2)
+    sim.throttle(2)
+    monkeypatch.setattr("botocore.endpoint.time.sleep", lambda seconds: None)
+    limits = still_limits()
+    target = TargetSource(
+        0,
+        TargetSettings(role_arn=role_arn(ACCOUNT)),
+        AwsSettings(max_attempts=3),
+        rate_limits=limits,
+    )
+
+    items, pages = target.describe(REGION)
+
+    assert (len(items), pages, sim.calls) == (2, 1, 3)
+    assert limits.bucket(ACCOUNT, REGION).available() == 97
+
+
+def test_a_request_waits_for_its_token_when_the_bucket_is_empty(
+    sim: FastLaunchSimulator,
+) -> None:
+    sim.seed(450)
+    sleeps: list[float] = []
+    target = TargetSource(
+        0,
+        TargetSettings(role_arn=role_arn(ACCOUNT)),
+        NO_RETRIES,
+        rate_limits=still_limits(sleeps, burst=2),
+    )
+
+    items, pages = target.describe(REGION)
+
+    assert (len(items), pages) == (450, 3)
+    # Two pages from the burst; the third waited for the next token, 1/20 s on.
+    assert sleeps == [pytest.approx(0.05)]
+
+
+def test_two_targets_on_one_account_and_region_draw_on_one_bucket(clock: ManualClock) -> None:
+    simulator_for(FIRST, REGION).seed(1)
+    limits = still_limits()
+    first = TargetSource(
+        0,
+        TargetSettings(name="first", regions=(REGION, "eu-west-1"), role_arn=role_arn(FIRST)),
+        NO_RETRIES,
+        rate_limits=limits,
+    )
+    again = TargetSettings(name="again", role_arn=f"arn:aws:iam::{FIRST}:role/Other")
+    second = TargetSource(1, again, NO_RETRIES, rate_limits=limits)
+    elsewhere = TargetSource(
+        2, TargetSettings(name="other", role_arn=role_arn(SECOND)), NO_RETRIES, rate_limits=limits
+    )
+
+    first.describe(REGION)
+    second.describe(REGION)
+    second.check(REGION)
+    first.describe("eu-west-1")
+    elsewhere.describe(REGION)
+
+    assert first.rate_limit(REGION) is second.rate_limit(REGION)
+    assert limits.bucket(FIRST, REGION).available() == 97
+    assert limits.bucket(FIRST, "eu-west-1").available() == 99
+    assert limits.bucket(SECOND, REGION).available() == 99
+
+
+def test_until_its_account_is_known_a_target_draws_on_a_bucket_of_its_own(
+    sim: FastLaunchSimulator,
+) -> None:
+    limits = still_limits()
+    target = TargetSource(0, TargetSettings(), NO_RETRIES, rate_limits=limits)
+
+    target.check(REGION)
+    own = target.rate_limit(REGION)
+    target.account_id()
+    target.describe(REGION)
+
+    assert own.available() == 99
+    assert target.rate_limit(REGION) is limits.bucket(ACCOUNT, REGION)
+    assert limits.bucket(ACCOUNT, REGION).available() == 99
+
+
+def test_by_default_every_target_draws_on_the_process_wide_buckets(
+    sim: FastLaunchSimulator,
+) -> None:
+    from monitor.aws import PROCESS_RATE_LIMITS
+
+    first = source(TargetSettings(name="first", role_arn=role_arn(FIRST)), index=0)
+    second = source(TargetSettings(name="second", role_arn=role_arn(FIRST)), index=1)
+
+    assert first.rate_limit(REGION) is second.rate_limit(REGION)
+    assert first.rate_limit(REGION) is PROCESS_RATE_LIMITS.bucket(FIRST, REGION)

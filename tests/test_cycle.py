@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from monitor.aws import RawImage, TargetSource
-from monitor.cycle import CycleResult
-from monitor.metrics import MAX_PARALLEL_LAUNCHES, STATE, TARGET_RESOURCE_COUNT
-from monitor.model import REMOVED
+from monitor.current import CurrentState
+from monitor.cycle import MAX_BACKOFF_SECONDS, Backoff, Cycle, CycleResult, backoff_seconds
+from monitor.errors import StoreError
+from monitor.metrics import MAX_PARALLEL_LAUNCHES, STATE, TARGET_RESOURCE_COUNT, build_registry
+from monitor.model import REMOVED, AppliedPoll, PollResult
 from monitor.settings import TargetSettings
 from monitor.simulator import ManualClock, simulator_for
 from monitor.store import Store, create_engine_for, upgrade
@@ -392,3 +396,203 @@ def test_a_bug_in_one_scope_is_its_failed_poll_and_the_others_carry_on(
         broken_scope = scope_labels(target="broken", account=FIRST)
         assert mon.sample("fastlaunch_poll_success", **broken_scope) == 0.0
     assert any(r.exc_info for r in caplog.records if "broken" in r.getMessage())
+
+
+#: The seconds between two cycles in the backoff tests.
+INTERVAL = 60.0
+
+
+@contextmanager
+def scheduled_monitor(
+    store: Store, sources: list[TargetSource], *, clock: ManualClock
+) -> Iterator[Monitor]:
+    """A `Monitor` whose cycle knows it runs every `INTERVAL`: failing scopes back off."""
+    current = CurrentState()
+    current.load(store.current_images())
+    registry, metrics = build_registry(current)
+    metrics.set_leader(True)
+    cycle = Cycle(
+        sources, store, current, metrics, max_concurrency=4, clock=clock.now, interval=INTERVAL
+    )
+    try:
+        yield Monitor(cycle, store, current, registry, metrics)
+    finally:
+        cycle.close()
+
+
+def failing_and_healthy() -> tuple[TargetSource, TargetSource]:
+    """A target whose describes are denied (account `FIRST`) and a working one (`SECOND`)."""
+    simulator_for(FIRST, REGION).deny()
+    simulator_for(SECOND, REGION).seed(1)
+    failing = source(TargetSettings(name="failing", role_arn=role_arn(FIRST)), index=0)
+    healthy = source(TargetSettings(name="healthy", role_arn=role_arn(SECOND)), index=1)
+    return failing, healthy
+
+
+def polled_targets(result: CycleResult) -> list[str]:
+    return [poll.result.scope.target for poll in result.polls]
+
+
+def test_the_backoff_doubles_from_one_interval_up_to_an_hour() -> None:
+    assert [backoff_seconds(300, n) for n in range(1, 7)] == [300, 600, 1200, 2400, 3600, 3600]
+    assert backoff_seconds(300, 100_000) == MAX_BACKOFF_SECONDS
+
+
+def test_a_failing_scope_skips_one_then_three_then_seven_cycles_despite_jitter() -> None:
+    backoff = Backoff(INTERVAL)
+    # The scheduler starts each cycle up to ten seconds late, at random.
+    late = [0, 9.9, 0.5, 10, 0, 3, 9, 0, 10, 1, 7, 0, 5, 10, 0, 2, 9]
+    polled = []
+    for number, lateness in enumerate(late):
+        started = START + timedelta(seconds=number * INTERVAL + lateness)
+        if backoff.due(("failing", REGION), started):
+            polled.append(number)
+            backoff.failed(("failing", REGION), started)
+
+    assert polled == [0, 1, 3, 7, 15]
+
+
+def test_a_failing_scope_is_polled_at_least_once_an_hour() -> None:
+    backoff = Backoff(300)
+    polled: list[float] = []
+    for number in range(12 * 10):
+        seconds = number * 300.0
+        started = START + timedelta(seconds=seconds)
+        if backoff.due(("failing", REGION), started):
+            polled.append(seconds)
+            backoff.failed(("failing", REGION), started)
+
+    gaps = [later - earlier for earlier, later in itertools.pairwise(polled)]
+    assert gaps[:4] == [300, 600, 1200, 2400]
+    assert set(gaps[4:]) == {MAX_BACKOFF_SECONDS}
+
+
+def test_with_an_interval_of_an_hour_a_failing_scope_is_never_skipped() -> None:
+    backoff = Backoff(3600)
+    started = START
+    for _ in range(5):
+        failing, starts_backing_off = backoff.failed(("failing", REGION), started)
+        started += timedelta(hours=1)
+
+        assert backoff.due(("failing", REGION), started)
+        assert not starts_backing_off
+        assert not failing.backing_off
+
+
+def test_a_failing_scope_backs_off_while_a_healthy_one_is_polled_every_cycle(
+    clock: ManualClock, sqlite_store: Store
+) -> None:
+    failing, healthy = failing_and_healthy()
+    denied = simulator_for(FIRST, REGION)
+    polled: list[int] = []
+    healthy_polls = 0
+
+    with scheduled_monitor(sqlite_store, [failing, healthy], clock=clock) as mon:
+        for number in range(21):
+            if number == 15:
+                denied.allow()
+            if number == 17:
+                denied.deny()
+            result = mon.cycle.run()
+            if "failing" in polled_targets(result):
+                polled.append(number)
+            else:
+                assert result.skipped == (("failing", REGION),)
+                assert result.summary().endswith(", 1 backing off")
+            healthy_polls += "healthy" in polled_targets(result)
+            clock.advance(INTERVAL)
+
+    # Failed at 0, 1, 3 and 7: skipped 1, 3, then 7 cycles; 15 succeeded, so 16 is polled;
+    # 17 fails afresh and 18 is still polled; 18 fails too and 19 is skipped.
+    assert polled == [0, 1, 3, 7, 15, 16, 17, 18, 20]
+    assert denied.calls == len(polled)
+    assert healthy_polls == 21
+
+
+def test_a_skipped_scope_records_nothing_and_keeps_its_metrics(
+    clock: ManualClock, sqlite_store: Store
+) -> None:
+    failing, healthy = failing_and_healthy()
+    failing_scope = scope_labels(target="failing", account=FIRST)
+
+    with scheduled_monitor(sqlite_store, [failing, healthy], clock=clock) as mon:
+        mon.cycle.run()
+        clock.advance(INTERVAL)
+        mon.cycle.run()
+        clock.advance(INTERVAL)
+        skipping = mon.cycle.run()
+
+        assert polled_targets(skipping) == ["healthy"]
+        assert mon.sample("fastlaunch_poll_success", **failing_scope) == 0.0
+        errors = mon.sample(
+            "fastlaunch_poll_errors_total", **failing_scope, error="UnauthorizedOperation"
+        )
+        assert errors == 2.0
+        assert mon.sample("fastlaunch_poll_duration_seconds_count", **failing_scope) == 2.0
+    latest = {poll.scope.target: poll.started_at for poll in sqlite_store.latest_polls()}
+    assert latest == {
+        "failing": START + timedelta(seconds=INTERVAL),
+        "healthy": START + timedelta(seconds=2 * INTERVAL),
+    }
+    assert ("failing", REGION) not in mon.cycle.last_success()
+
+
+def test_backing_off_and_recovering_are_each_logged_once(
+    clock: ManualClock, sqlite_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing, healthy = failing_and_healthy()
+    caplog.set_level(logging.INFO, logger="monitor.cycle")
+
+    with scheduled_monitor(sqlite_store, [failing, healthy], clock=clock) as mon:
+        for number in range(9):
+            if number == 7:
+                simulator_for(FIRST, REGION).allow()
+            mon.cycle.run()
+            clock.advance(INTERVAL)
+
+    backing_off = [r for r in caplog.records if "backing off" in r.getMessage()]
+    recovered = [r for r in caplog.records if "recovered" in r.getMessage()]
+    assert [r.levelno for r in backing_off] == [logging.WARNING]
+    assert "failing/us-east-1 failed 2 polls in a row" in backing_off[0].getMessage()
+    # Due two intervals after the second failure's cycle, less the half interval for jitter.
+    due = START + timedelta(seconds=INTERVAL + 2 * INTERVAL - INTERVAL / 2)
+    assert f"{due:%Y-%m-%dT%H:%M:%S}" in backing_off[0].getMessage()
+    assert [r.levelno for r in recovered] == [logging.INFO]
+    # Polled and failed in cycles 0, 1 and 3; cycle 7 succeeded.
+    assert "after 3 failed polls" in recovered[0].getMessage()
+
+
+class UnwritableStore(Store):
+    """A store whose database is down: every poll fails to be recorded."""
+
+    def apply_poll(self, result: PollResult, observed_at: datetime) -> AppliedPoll:
+        raise StoreError("the database is down")
+
+
+def test_polls_that_only_failed_to_be_stored_do_not_back_a_scope_off(
+    clock: ManualClock, sqlite_url: str
+) -> None:
+    simulator_for(ACCOUNT, REGION).seed(1)
+    engine = create_engine_for(sqlite_url)
+    upgrade(engine)
+    results = []
+
+    with scheduled_monitor(UnwritableStore(engine), [source()], clock=clock) as mon:
+        for _ in range(4):
+            results.append(mon.cycle.run())
+            clock.advance(INTERVAL)
+    engine.dispose()
+
+    assert [len(result.failed) for result in results] == [1, 1, 1, 1]
+    assert [result.skipped for result in results] == [(), (), (), ()]
+
+
+def test_without_an_interval_every_scope_is_polled_every_cycle(
+    clock: ManualClock, sqlite_store: Store
+) -> None:
+    failing, healthy = failing_and_healthy()
+
+    with monitor(sqlite_store, [failing, healthy], clock=clock) as mon:
+        results = [mon.cycle.run() for _ in range(4)]
+
+    assert [polled_targets(result) for result in results] == [["failing", "healthy"]] * 4
