@@ -8,6 +8,8 @@ start instead of failing half way with "database is locked". Reads keep a deferr
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,6 +132,28 @@ def writer(engine: Engine) -> Engine:
     shares the pool of `engine`.
     """
     return engine.execution_options(**{WRITE_OPTION: True})
+
+
+_sqlite_writers: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_sqlite_writers_lock = threading.Lock()
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A write transaction on `engine`, committed at the end (rolled back on an error).
+
+    SQLite has one writer at a time; this process's threads queue for it on a lock of their
+    own, in order, instead of in SQLite's busy handler, whose sleeps grow and whose timeout
+    a burst of concurrent polls can outlast ("database is locked").
+    """
+    if engine.dialect.name != "sqlite":
+        with writer(engine).begin() as connection:
+            yield connection
+        return
+    with _sqlite_writers_lock:
+        lock = _sqlite_writers.setdefault(engine, threading.Lock())
+    with lock, writer(engine).begin() as connection:
+        yield connection
 
 
 @contextmanager

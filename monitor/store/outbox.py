@@ -33,7 +33,7 @@ from sqlalchemy import (
 from monitor.alerts.records import DeliveryOutcome, OutboxEntry
 from monitor.alerts.rules import FIRING, RESOLVED, AlertEvent
 from monitor.model import Scope
-from monitor.store.engine import database_errors, dialect_insert, writer
+from monitor.store.engine import database_errors, dialect_insert, write_transaction
 from monitor.store.schema import alert_attempts, alert_outbox, disabled_receivers
 
 DELIVERED = "delivered"
@@ -247,7 +247,6 @@ class Outbox:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._writer = writer(engine)
 
     def claim_due(
         self, now: datetime, *, receivers: Collection[str], lease: float, limit: int = 100
@@ -263,7 +262,10 @@ class Outbox:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        with database_errors(self._engine, "claiming due alerts"), self._writer.begin() as c:
+        with (
+            database_errors(self._engine, "claiming due alerts"),
+            write_transaction(self._engine) as c,
+        ):
             rows = c.execute(
                 update(_o)
                 .where(_o.c.id.in_(due_ids.scalar_subquery()))
@@ -314,7 +316,10 @@ class Outbox:
             values.update(failed_at=now, resend_at=None)
         else:
             values["next_attempt_at"] = next_attempt_at or now
-        with database_errors(self._engine, "recording a delivery"), self._writer.begin() as c:
+        with (
+            database_errors(self._engine, "recording a delivery"),
+            write_transaction(self._engine) as c,
+        ):
             updated = c.execute(
                 update(_o)
                 .where(_o.c.id == entry.id, _o.c.lease_until == entry.lease_until)
@@ -337,7 +342,10 @@ class Outbox:
         """Give back the leases of claimed entries that were not attempted (a shutdown)."""
         if not entries:
             return
-        with database_errors(self._engine, "releasing alerts"), self._writer.begin() as c:
+        with (
+            database_errors(self._engine, "releasing alerts"),
+            write_transaction(self._engine) as c,
+        ):
             for entry in entries:
                 c.execute(
                     update(_o)
@@ -347,7 +355,10 @@ class Outbox:
 
     def release_all(self) -> None:
         """Forget every lease: only for a database no other process can use (SQLite)."""
-        with database_errors(self._engine, "releasing alerts"), self._writer.begin() as c:
+        with (
+            database_errors(self._engine, "releasing alerts"),
+            write_transaction(self._engine) as c,
+        ):
             c.execute(update(_o).where(_o.c.lease_until.is_not(None)).values(lease_until=None))
 
     def pending_counts(self) -> dict[str, int]:
@@ -409,10 +420,16 @@ class Outbox:
             index_elements=[disabled_receivers.c.receiver],
             set_={"fingerprint": fingerprint, "disabled_at": now, "reason": reason},
         )
-        with database_errors(self._engine, "disabling a receiver"), self._writer.begin() as c:
+        with (
+            database_errors(self._engine, "disabling a receiver"),
+            write_transaction(self._engine) as c,
+        ):
             c.execute(statement)
 
     def enable_receiver(self, receiver: str) -> None:
         """Deliver to `receiver` again (its config changed since it answered 410)."""
-        with database_errors(self._engine, "enabling a receiver"), self._writer.begin() as c:
+        with (
+            database_errors(self._engine, "enabling a receiver"),
+            write_transaction(self._engine) as c,
+        ):
             c.execute(delete(disabled_receivers).where(disabled_receivers.c.receiver == receiver))

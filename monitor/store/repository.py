@@ -27,7 +27,7 @@ from monitor.model import (
     Transition,
 )
 from monitor.normalise import to_utc
-from monitor.store.engine import database_errors, dialect_insert, writer
+from monitor.store.engine import database_errors, dialect_insert, write_transaction
 from monitor.store.outbox import insert_alerts
 from monitor.store.schema import history, images, polls
 
@@ -73,7 +73,6 @@ class Store:
 
     def __init__(self, engine: Engine, alert_policy: AlertPolicy | None = None) -> None:
         self._engine = engine
-        self._writer = writer(engine)
         self._alert_policy = alert_policy
 
     def apply_poll(self, result: PollResult, observed_at: datetime) -> AppliedPoll:
@@ -87,7 +86,7 @@ class Store:
         observed_at = to_utc(observed_at)
         scope = result.scope
         action = f"recording the poll of {scope.target} in {scope.region}"
-        with database_errors(self._engine, action), self._writer.begin() as connection:
+        with database_errors(self._engine, action), write_transaction(self._engine) as connection:
             if result.images is None:
                 _insert_poll(connection, result)
                 return AppliedPoll(result=result, transitions=(), upserts=0, removed=0)

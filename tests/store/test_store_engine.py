@@ -18,6 +18,7 @@ from monitor.errors import StoreError
 from monitor.model import FastLaunchImage, PollResult, Scope
 from monitor.store import Store, create_engine_for, describe_url, upgrade
 from monitor.store.schema import polls
+from tests.builders import an_image
 
 PASSWORD = "s3cr3t-Pa55word"
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -178,3 +179,34 @@ def test_a_postgresql_connection_dropped_by_the_server_is_replaced(postgres_url:
     store.ping()
 
     engine.dispose()
+
+
+def test_concurrent_writers_of_one_process_queue_for_sqlite_without_timing_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A busy timeout this short makes SQLite's own waiting fail at once: only the process's
+    # own queue for the writer keeps these polls from "database is locked".
+    monkeypatch.setattr("monitor.store.engine.SQLITE_BUSY_TIMEOUT_MS", 1)
+    engine = create_engine_for(f"sqlite:///{tmp_path / 'busy.sqlite3'}", pool_size=8)
+    upgrade(engine)
+    store = Store(engine)
+    images = tuple(an_image(image_id=f"ami-{n:05d}") for n in range(1500))
+    now = datetime(2026, 11, 26, tzinfo=UTC)
+    errors: list[Exception] = []
+    start = threading.Barrier(8)
+
+    def apply(region: int) -> None:
+        start.wait()
+        scope = Scope("prod", "111111111111", f"eu-west-{region}")
+        try:
+            store.apply_poll(PollResult(scope, now, 0.1, 8, images), now)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=apply, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    engine.dispose()
+    assert errors == []
