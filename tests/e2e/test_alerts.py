@@ -212,3 +212,33 @@ def test_sigterm_during_a_delivery_loses_no_alert(sim, start_daemon, receiver):
     event_ids = {r.json()["event_id"] for r in receiver.requests}
     assert event_ids == {in_flight.json()["event_id"]}
     assert restarted.terminate() == 0
+
+
+def test_json_logs_parse_line_by_line_and_carry_no_secret(sim, simulator_server, tmp_path):
+    from tests.e2e.conftest import aws_env, write_config
+
+    secret = tmp_path / "webhook.key"
+    secret.write_text(CANARIES[1])
+    (image_id,) = sim.seed(1)
+    sim.force_state(image_id, "enabled-failed", "Server.InsufficientInstanceCapacity")
+    with Receiver() as failing:
+        failing.always(Answer(503))
+        hook = webhook(
+            failing.url_for(f"/hook/{CANARIES[0]}"),
+            secret_file=f'"{secret}"',
+            headers=f'{{ "X-Token" = "{CANARIES[2]}" }}',
+        )
+        config = write_config(
+            tmp_path,
+            simulator_server.endpoint_url,
+            f"sqlite:///{tmp_path / 'json.sqlite3'}",
+            hook,
+        )
+        env = aws_env(simulator_server.endpoint_url)
+        result = cli(config, "--log-format", "json", "--log-level", "DEBUG", "poll", env=env)
+    assert result.returncode == 0, result.stderr
+    entries = [json.loads(line) for line in result.stderr.splitlines()]
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    assert any(e.get("receiver") == "ops" for e in entries)
+    for canary in CANARIES:
+        assert canary not in result.stderr
