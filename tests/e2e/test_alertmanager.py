@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -34,6 +32,7 @@ from monitor.simulator import FastLaunchSimulator, ManualClock
 from monitor.store import create_engine_for
 from monitor.store.outbox import Outbox
 from tests.e2e.conftest import ACCOUNT, REGION, TARGET, DaemonProcess, wait_for
+from tests.processes import free_port, stop
 
 pytestmark = pytest.mark.slow
 
@@ -88,23 +87,6 @@ class Alertmanager:
             return False
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture
 def alertmanager_binary() -> str:
     """The Alertmanager executable; skipped without it, except under CI=true: there, failed."""
@@ -139,7 +121,7 @@ def start_alertmanager(
             storage = tmp_path / name
             storage.mkdir()
             log = tmp_path / f"{name}.log"
-            port = _free_port()
+            port = free_port()
             with log.open("wb") as stderr:
                 process = subprocess.Popen(
                     [
@@ -165,7 +147,7 @@ def start_alertmanager(
 
     yield start
     for process in started:
-        _stop(process)
+        stop(process)
 
 
 def webhook(*alertmanagers: Alertmanager) -> str:

@@ -29,6 +29,7 @@ from monitor.settings import parse_settings
 from monitor.store import Store
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import wait_for
+from tests.processes import free_port
 
 # The e2e fixtures, found by pytest as attributes of this module.
 simulator_server = e2e.simulator_server
@@ -129,12 +130,6 @@ def notify_socket(request: pytest.FixtureRequest) -> NotifySocket:
     """The fake systemd socket, once as a path and once abstract."""
     notify: NotifySocket = request.getfixturevalue(f"{request.param}_socket")
     return notify
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---- monitor.notify on its own -----------------------------------------------------------

@@ -15,8 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import urllib.parse
 import urllib.request
@@ -33,6 +31,7 @@ from monitor.simulator import FastLaunchSimulator
 from tests.alerts.receivers import Receiver
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import ACCOUNT, REGION, TARGET, DaemonProcess, wait_for
+from tests.processes import free_port, stop
 
 # The e2e fixtures, found by pytest as attributes of this module.
 simulator_server = e2e.simulator_server
@@ -174,23 +173,6 @@ def variable_selector(query: str) -> tuple[str, str, str]:
 # --- processes -----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def _get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as answer:
         return json.load(answer)
@@ -258,7 +240,7 @@ def start_prometheus(
             attempts -= 1
             name = f"prometheus-{len(started)}"
             log = tmp_path / f"{name}.log"
-            port = _free_port()
+            port = free_port()
             with log.open("wb") as stderr:
                 process = subprocess.Popen(
                     [
@@ -281,7 +263,7 @@ def start_prometheus(
 
     yield start
     for process in started:
-        _stop(process)
+        stop(process)
 
 
 @pytest.fixture
