@@ -32,6 +32,7 @@ RSS and CPU are its own.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import os
@@ -44,7 +45,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -278,6 +278,9 @@ class _LeanServer(ThreadingHTTPServer):
 
 class _LeanHandler(BaseHTTPRequestHandler):
     server: _LeanServer
+    # Connections stay open between requests, as EC2's endpoints keep them: each client's
+    # connection is reused from cycle to cycle rather than opened for every describe.
+    protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
         form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
@@ -295,7 +298,6 @@ class _LeanHandler(BaseHTTPRequestHandler):
         self._answer(200, pages[start // _LEAN_PAGE])
 
     def _answer(self, status: int, body: bytes) -> None:
-        # Every connection is closed after one answer, as the simulator server does.
         self.send_response(status)
         self.send_header("Content-Type", _XML)
         self.send_header("Content-Length", str(len(body)))
@@ -650,7 +652,8 @@ class Scraper:
 
     def image_count(self) -> int:
         """How many images the last scrape carried (its `fastlaunch_image_info` series)."""
-        text = zlib.decompress(self.last_body, 16 + zlib.MAX_WBITS)
+        # A series of gzip members, as the monitor sends it: gzip reads them all.
+        text = gzip.decompress(self.last_body)
         return text.count(b"\nfastlaunch_image_info{")
 
 

@@ -30,7 +30,6 @@ from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerPool
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, disable_created_metrics
-from prometheus_client.metrics import MetricWrapperBase
 from sqlalchemy import Engine
 
 from monitor.alerts.dispatcher import Dispatcher
@@ -41,7 +40,7 @@ from monitor.cycle import Clock, Cycle, CycleResult, utc_now
 from monitor.errors import ConfigError, StoreError
 from monitor.http import HttpServer, Readiness, serve
 from monitor.leader import Leadership, leadership_for
-from monitor.metrics import SCOPE_LABELS, MonitorMetrics, build_registry
+from monitor.metrics import MonitorMetrics, build_registry
 from monitor.model import PollResult, Scope
 from monitor.notify import Notifier, Watchdog, monotonic_usec, watchdog_interval
 from monitor.settings import MonitorSettings, Settings
@@ -207,33 +206,6 @@ def _poll_trigger(monitor: MonitorSettings) -> IntervalTrigger:
     return IntervalTrigger(seconds=monitor.interval, jitter=monitor.jitter or None, timezone=UTC)
 
 
-def _forget_scopes(metrics: MonitorMetrics, scopes: Iterable[Scope]) -> None:
-    """Drop the poll series of scopes no longer polled, as a restart would.
-
-    Left behind, a removed target's last poll would look ever older and trip staleness
-    alerts for a target nobody asked to poll any more.
-    """
-    gone = {(s.target, s.account_id, s.region) for s in scopes}
-    if not gone:
-        return
-    per_scope: tuple[tuple[MetricWrapperBase, tuple[str, ...]], ...] = (
-        (metrics.poll_success, SCOPE_LABELS),
-        (metrics.poll_duration_seconds, SCOPE_LABELS),
-        (metrics.last_successful_poll_timestamp_seconds, SCOPE_LABELS),
-        (metrics.poll_errors_total, (*SCOPE_LABELS, "error")),
-        (metrics.transitions_total, (*SCOPE_LABELS, "state")),
-    )
-    for metric, names in per_scope:
-        series = {
-            tuple(sample.labels[name] for name in names)
-            for family in metric.collect()
-            for sample in family.samples
-        }
-        for values in series:
-            if values[: len(SCOPE_LABELS)] in gone:
-                metric.remove(*values)
-
-
 class Daemon:
     """`fastlaunch-monitor run`: poll on an interval and serve the HTTP endpoints until stopped.
 
@@ -316,7 +288,7 @@ class Daemon:
                 self._progress = time.monotonic()
             if retired:
                 cycle.close()
-            _forget_scopes(self._rt.metrics, dropped)
+            self._rt.metrics.forget_scopes(dropped)
             self._idle.set()
 
     def _dispatch_job(self) -> None:
@@ -597,7 +569,7 @@ class Daemon:
             old_cycle.close()
         if close_dispatcher and old_dispatcher is not None:
             old_dispatcher.close()
-        _forget_scopes(rt.metrics, dropped)
+        rt.metrics.forget_scopes(dropped)
         if (settings.monitor.interval, settings.monitor.jitter) != (
             running.monitor.interval,
             running.monitor.jitter,

@@ -196,11 +196,17 @@ def _lock_scope(connection: Connection, scope: Scope) -> None:
         )
 
 
+# The statements of every poll are built once: building a Core statement costs more than
+# executing it against SQLite, and one is executed for each of a thousand scopes a cycle.
+_SELECT_SCOPE_IMAGES = select(*_IMAGE_COLUMNS).where(
+    images.c.account_id == bindparam("account_id"), images.c.region == bindparam("region")
+)
+_INSERT_POLL = insert(polls).returning(polls.c.id)
+
+
 def _scope_images(connection: Connection, scope: Scope) -> dict[str, FastLaunchImage]:
     rows = connection.execute(
-        select(*_IMAGE_COLUMNS).where(
-            images.c.account_id == scope.account_id, images.c.region == scope.region
-        )
+        _SELECT_SCOPE_IMAGES, {"account_id": scope.account_id, "region": scope.region}
     ).all()
     return {row[0]: _image(row) for row in rows}
 
@@ -212,20 +218,19 @@ def _image(values: Sequence[Any]) -> FastLaunchImage:
 def _insert_poll(connection: Connection, result: PollResult) -> int:
     failed = result.images is None
     poll_id: int = connection.execute(
-        insert(polls)
-        .values(
-            target=result.scope.target,
-            account_id=result.scope.account_id,
-            region=result.scope.region,
-            started_at=result.started_at,
-            duration_seconds=result.duration_seconds,
-            pages=result.pages,
-            images=None if result.images is None else len(result.images),
-            outcome="error" if failed else "ok",
-            error_code=(result.error_code or UNKNOWN_ERROR) if failed else None,
-            error_message=result.error_message if failed else None,
-        )
-        .returning(polls.c.id)
+        _INSERT_POLL,
+        {
+            "target": result.scope.target,
+            "account_id": result.scope.account_id,
+            "region": result.scope.region,
+            "started_at": result.started_at,
+            "duration_seconds": result.duration_seconds,
+            "pages": result.pages,
+            "images": None if result.images is None else len(result.images),
+            "outcome": "error" if failed else "ok",
+            "error_code": (result.error_code or UNKNOWN_ERROR) if failed else None,
+            "error_message": result.error_message if failed else None,
+        },
     ).scalar_one()
     return poll_id
 
