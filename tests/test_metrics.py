@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitor import image_exposition
 from monitor.current import CurrentState
 from monitor.metrics import ImageCollector, build_registry, exposition
 from monitor.model import KNOWN_STATES, FastLaunchImage, PollResult, Scope, Transition
@@ -446,3 +448,61 @@ def test_ten_thousand_images_render_in_well_under_a_second():
     # About 0.06 s on one core; the goal is 100,000 images in 1 s.
     assert elapsed < 1.0
     assert rendered.count(b"\nfastlaunch_image_state{") == 60_000
+
+
+def test_a_scopes_image_text_is_rendered_once_when_it_changes_and_never_by_a_scrape(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    rendered: list[Scope] = []
+    render = image_exposition.render_scope
+
+    def counting(scope: Scope, images):  # type: ignore[no-untyped-def]
+        rendered.append(scope)
+        return render(scope, images)
+
+    monkeypatch.setattr(image_exposition, "render_scope", counting)
+    current = CurrentState()
+    registry = leading(current)
+
+    current.replace_scope(PROD, [image("ami-1"), image("ami-2")])
+    first = body(registry)
+    current.replace_scope(PROD, [image("ami-2"), image("ami-1")])  # unchanged
+    again = body(registry)
+    current.replace_scope(PROD, [image("ami-1", state="enabled-failed"), image("ami-2")])
+    changed = body(registry)
+
+    assert rendered == [PROD, PROD]
+    assert first == again != changed
+    assert changed == generate_latest(registry)
+
+
+def test_images_loaded_without_a_change_are_rendered_by_the_first_scrape_only(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    current = CurrentState()
+    current.replace_scope(PROD, [image("ami-1")])  # before anyone watches
+    registry = leading(current)
+    calls: list[Scope] = []
+    render = image_exposition.render_scope
+    monkeypatch.setattr(
+        image_exposition, "render_scope", lambda s, i: calls.append(s) or render(s, i)
+    )
+
+    assert body(registry) == body(registry) == generate_latest(registry)
+    assert calls == [PROD]
+
+
+def test_the_gzipped_body_is_a_series_of_members_that_gzip_reads_as_the_plain_text():
+    current = CurrentState()
+    current.replace_scope(PROD, [image("ami-1")])
+    current.replace_scope(OTHER, [image("ami-2")])
+    registry = leading(current)
+    rendered = exposition(registry, OPENMETRICS)
+
+    gzipped = rendered.gzipped()
+    data = b"".join(gzipped.chunks)
+
+    assert len(data) == gzipped.length
+    assert data.count(b"\x1f\x8b\x08") > 10  # one member per scope and family, and the rest
+    assert gzip.decompress(data) == rendered.text() == openmetrics.generate_latest(registry)
+    assert rendered.plain().length == len(rendered.text())

@@ -86,3 +86,23 @@ def test_an_unknown_state_is_kept_as_text_and_reported_once():
     images = normalise_images(items, heard.append)
     assert [i.state for i in images] == ["hibernating", "hibernating", "enabled"]
     assert heard == ["hibernating"]
+
+
+def test_texts_many_images_share_are_held_once_however_many_copies_the_response_had():
+    def item(n: int) -> dict[str, object]:
+        # "".join makes a new string object each time, as the XML parser does.
+        return {
+            "ImageId": f"ami-{n}",
+            "State": "".join(["enab", "led"]),
+            "StateTransitionReason": "".join(["Launch template ", "is valid"]),
+            "OwnerId": "".join(["1111", "22223333"]),
+            "LaunchTemplate": {"LaunchTemplateName": "".join(["windows-", "fast-launch"])},
+        }
+
+    first, second = normalise_images([item(1), item(2)])
+
+    assert first.state is second.state
+    assert first.state_transition_reason is second.state_transition_reason
+    assert first.owner_id is second.owner_id
+    assert first.launch_template_name is second.launch_template_name
+    assert first.image_id is not second.image_id
