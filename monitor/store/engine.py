@@ -147,13 +147,17 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
     a burst of concurrent polls can outlast ("database is locked").
     """
     if engine.dialect.name != "sqlite":
-        with writer(engine).begin() as connection:
+        with engine.begin() as connection:
             yield connection
         return
     with _sqlite_writers_lock:
         lock = _sqlite_writers.setdefault(engine, threading.Lock())
-    with lock, writer(engine).begin() as connection:
-        yield connection
+    with lock, engine.connect() as connection:
+        # The option on this one connection (not `writer(engine)`, which builds a new
+        # engine object at each call: a poll's largest cost after its statements).
+        connection.execution_options(**{WRITE_OPTION: True})
+        with connection.begin():
+            yield connection
 
 
 @contextmanager
