@@ -7,7 +7,7 @@ scope's lines of each family are rendered when the scope changes (in the poll th
 changed it), compressed at once into one gzip member, and kept. A scrape then only splices
 members: as they are for a client that accepts gzip (a gzip file may be a series of members,
 RFC 1952 §2.2, and Prometheus reads them all), decompressed on the way out for one that
-does not. Held compressed, the whole fleet's text is a few tens of MB.
+does not. Held compressed, 100,000 images' 157 MB of text are 5 MB.
 
 The lines are exactly those prometheus_client prints (the tests compare byte for byte): the
 same in its text and OpenMetrics formats, for the metric-name escapings under which names print
