@@ -445,7 +445,8 @@ def test_ten_thousand_images_render_in_well_under_a_second():
     rendered = exposition(registry, None).text()
     elapsed = time.perf_counter() - started
 
-    # About 0.06 s on one core; the goal is 100,000 images in 1 s.
+    # The scopes changed before the registry watched them, so this scrape renders them all:
+    # about 0.1 s on one core. (A watched change is rendered by the poll that made it.)
     assert elapsed < 1.0
     assert rendered.count(b"\nfastlaunch_image_state{") == 60_000
 
