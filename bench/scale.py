@@ -55,7 +55,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from monitor.cycle import Cycle
-from monitor.daemon import Runtime, open_runtime
+from monitor.daemon import Runtime, freeze_long_lived, open_runtime
 from monitor.http import Readiness, serve
 from monitor.logs import setup_logging
 from monitor.settings import parse_settings
@@ -438,6 +438,7 @@ class Monitor:
         self._cycles: dict[int, Cycle] = {}
         # After a failed poll, the next cycle sees that pair's images for the first time.
         self._exact = True
+        self._cycled = False
 
     def run(self, concurrency: int, transitions: int) -> Timed:
         """One cycle; fails loudly if it is not the cycle of `transitions` changes expected."""
@@ -450,6 +451,10 @@ class Monitor:
         started, cpu = time.monotonic(), time.process_time()
         result = cycle.run()
         wall, cpu = time.monotonic() - started, time.process_time() - cpu
+        if not self._cycled:
+            # As the daemon does after its first cycle.
+            freeze_long_lived()
+            self._cycled = True
         errors = {
             str(poll.result.error_code): str(poll.result.error_message) for poll in result.failed
         }

@@ -196,10 +196,23 @@ def open_runtime(
         clock=clock,
     )
     # Everything made so far (botocore's service models above all) lives as long as the
-    # process: frozen, the garbage collector stops walking it at every full collection.
+    # process.
+    freeze_long_lived()
+    return runtime
+
+
+def freeze_long_lived() -> None:
+    """Exempt every object alive now from the garbage collector's full collections.
+
+    What lives as long as the process (service models; after the first cycle, every client
+    and the current images too) is over a million objects for a large fleet: walking them at
+    each full collection took 0.7 s, with every thread stopped, at 100,000 images. Collected
+    first, so no garbage is frozen. Objects made later are collected as usual, and a frozen
+    object is still freed as soon as nothing refers to it; only a reference cycle of frozen
+    objects (a client dropped by a reload) outlives its use.
+    """
     gc.collect()
     gc.freeze()
-    return runtime
 
 
 def _poll_trigger(monitor: MonitorSettings) -> IntervalTrigger:
@@ -274,6 +287,9 @@ class Daemon:
                 dispatcher.update_pending()
             self.cycles += 1
             self.last_cycle = result
+            if self.cycles == 1:
+                # The first cycle made the clients and loaded the images: they stay.
+                freeze_long_lived()
             log.info("cycle done: %s", result.summary())
             self._notifier.notify(f"STATUS={result.summary()}")
         except Exception:
