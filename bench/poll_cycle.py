@@ -24,7 +24,6 @@ import os
 import pstats
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from endpoint_child import EndpointChild, use_endpoint
 from sqlalchemy import Connection, Engine, event
 
 from monitor.aws import TargetSource
@@ -60,57 +60,20 @@ SCENARIOS: dict[str, tuple[str, float | None]] = {
 }
 
 
-class Endpoint:
+class Endpoint(EndpointChild):
     """The simulator server with `images` seeded images, in a child process (`endpoint.py`)."""
 
     def __init__(self, images: int) -> None:
-        self._process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("endpoint.py")), "--images", str(images)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        ready = self._read()
-        if not ready.startswith("ready "):
-            self._process.kill()
-            raise RuntimeError(f"the endpoint did not start: {ready!r}")
-        self.url = ready.split()[1]
-
-    def _read(self) -> str:
-        assert self._process.stdout is not None
-        return self._process.stdout.readline().strip()
-
-    def _send(self, command: str) -> None:
-        assert self._process.stdin is not None
-        self._process.stdin.write(command + "\n")
-        self._process.stdin.flush()
+        script = str(Path(__file__).with_name("endpoint.py"))
+        super().__init__([sys.executable, script, "--images", str(images)])
 
     def transition(self, count: int) -> None:
         """Force `count` images into a new state; returns once the endpoint has done it."""
-        self._send(f"transition {count}")
-        answer = self._read()
-        if answer != "ok":
-            raise RuntimeError(f"the endpoint answered {answer!r}")
+        self.ask(f"transition {count}")
 
     def close(self) -> None:
         """Stop the child and wait for it."""
-        self._send("quit")
-        self._process.wait(timeout=30)
-
-
-def use_endpoint(url: str) -> None:
-    """Point botocore (the monitor's and the floor's) at `url`, with fake credentials only."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "FASTLAUNCH_MONITOR_DATABASE_URL"):
-        os.environ.pop(name, None)
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench",
-        AWS_DEFAULT_REGION=REGION,
-        AWS_ENDPOINT_URL=url,
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-        AWS_EC2_METADATA_DISABLED="true",
-    )
+        super().close(timeout=30)
 
 
 def log_like_the_daemon() -> None:
@@ -334,7 +297,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fastlaunch-bench-") as folder:
         endpoint = Endpoint(args.images)
         try:
-            use_endpoint(endpoint.url)
+            use_endpoint(endpoint.url, REGION)
             monitor = Monitor(Path(folder))
             if args.profile:
                 profile(monitor, endpoint, args.images, args.profile)
@@ -346,7 +309,7 @@ def main() -> int:
         if args.images != SMALL:
             small = Endpoint(SMALL)
             try:
-                use_endpoint(small.url)
+                use_endpoint(small.url, REGION)
                 statements[SMALL] = unchanged_statements(Monitor(Path(folder)), SMALL)
             finally:
                 small.close()

@@ -54,6 +54,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
+from endpoint_child import EndpointChild, use_endpoint
+
 from monitor.cycle import Cycle
 from monitor.daemon import Runtime, freeze_long_lived, open_runtime
 from monitor.http import Readiness, serve
@@ -321,50 +323,20 @@ def serve_lean(fleet: Fleet, latency: float) -> None:
         server.shutdown()
 
 
-class Endpoint:
+class Endpoint(EndpointChild):
     """An endpoint of `kind` (`lean` or `moto`) with `fleet` seeded, in a child process."""
 
     def __init__(self, kind: str, fleet: Fleet, latency: float) -> None:
         command = [sys.executable, __file__, "serve", kind, *fleet.arguments()]
-        self._process = subprocess.Popen(
-            [*command, "--latency", str(latency)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        ready = self._read()
-        if not ready.startswith("ready "):
-            self._process.kill()
-            raise RuntimeError(f"the endpoint did not start: {ready!r}")
-        self.url = ready.split()[1]
-
-    def _read(self) -> str:
-        assert self._process.stdout is not None
-        return self._process.stdout.readline().strip()
-
-    def _send(self, command: str) -> None:
-        assert self._process.stdin is not None
-        self._process.stdin.write(command + "\n")
-        self._process.stdin.flush()
-
-    def _ask(self, command: str) -> None:
-        self._send(command)
-        answer = self._read()
-        if answer != "ok":
-            raise RuntimeError(f"the endpoint answered {answer!r}")
+        super().__init__([*command, "--latency", str(latency)])
 
     def set_latency(self, seconds: float) -> None:
         """Make every describe wait `seconds` from now on."""
-        self._ask(f"latency {seconds}")
+        self.ask(f"latency {seconds}")
 
     def grow(self, per_pair: int) -> None:
         """Add images, to `per_pair` in every pair; the ones there stay as they are."""
-        self._ask(f"grow {per_pair}")
-
-    def close(self) -> None:
-        """Stop the child and wait for it."""
-        self._send("quit")
-        self._process.wait(timeout=60)
+        self.ask(f"grow {per_pair}")
 
 
 @contextmanager
@@ -377,21 +349,6 @@ def endpoint(kind: str, fleet: Fleet, latency: float) -> Iterator[Endpoint]:
 
 
 # -- the monitor (child processes) -------------------------------------------------------------
-
-
-def use_endpoint(url: str) -> None:
-    """Send every AWS call (STS and EC2) to `url`, with fake base credentials only."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "FASTLAUNCH_MONITOR_DATABASE_URL"):
-        os.environ.pop(name, None)
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench",
-        AWS_DEFAULT_REGION=REGIONS[0],
-        AWS_ENDPOINT_URL=url,
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-        AWS_EC2_METADATA_DISABLED="true",
-    )
 
 
 def log_like_the_daemon() -> None:
@@ -869,7 +826,7 @@ def main() -> int:
         run_endpoint(Fleet.from_arguments(args), args.latency)
         return 0
     if args.command in ("cycles", "images"):
-        use_endpoint(args.url)
+        use_endpoint(args.url, REGIONS[0])
         if args.command == "cycles":
             measure_cycles(Fleet.from_arguments(args), args.concurrency, args.cycles)
         else:

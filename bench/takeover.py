@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import sqlalchemy
+from endpoint_child import endpoint_env
 from sqlalchemy import func, make_url, select
 
 from monitor.daemon import LEADERSHIP_TICK_SECONDS
@@ -92,15 +93,7 @@ def write_config(folder: Path, database_url: str, interval: float) -> Path:
 def daemon_env(endpoint_url: str) -> dict[str, str]:
     """Fake credentials, EC2 and STS at the simulator, no AWS config of this machine."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FASTLAUNCH_"))}
-    env.update(
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench",
-        AWS_DEFAULT_REGION=REGION,
-        AWS_ENDPOINT_URL=endpoint_url,
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-        AWS_EC2_METADATA_DISABLED="true",
-    )
+    env.update(endpoint_env(endpoint_url, REGION))
     return env
 
 

@@ -41,13 +41,8 @@ def role_arn(account: str) -> str:
     return f"arn:aws:iam::{account}:role/X"
 
 
-@contextmanager
-def simulated_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ManualClock]:
-    """moto in-process with the fast launch simulator, on a manual clock at `START`.
-
-    The credentials are fake, and the developer's own AWS config and environment are kept
-    out of it, so the default credential chain means moto's default account.
-    """
+def fake_aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Fake credentials in `REGION`, and none of the developer's AWS config or environment."""
     for name in (
         "AWS_PROFILE",
         "AWS_DEFAULT_PROFILE",
@@ -67,6 +62,17 @@ def simulated_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[M
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     # moto otherwise creates ~1300 public AMIs for every new (account, region): slow and noise.
     monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+
+
+@contextmanager
+def simulated_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ManualClock]:
+    """moto in-process with the fast launch simulator, on a manual clock at `START`.
+
+    The credentials are fake, and the developer's own AWS config and environment are kept
+    out of it (`fake_aws_environment`), so the default credential chain means moto's
+    default account.
+    """
+    fake_aws_environment(monkeypatch, tmp_path)
     clock = ManualClock(START)
     previous = use_clock(clock)
     try:
@@ -90,13 +96,15 @@ def assume_role_calls(account: str) -> int:
     return len(sts_backends[account]["aws"].assumed_roles)
 
 
-def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
-    """The first truthy value of `condition()`, polled until `timeout` seconds have passed."""
+def wait_for(
+    condition: Callable[[], T], timeout: float = 10.0, what: str = "", interval: float = 0.01
+) -> T:
+    """The first truthy value of `condition()`, polled every `interval` until `timeout` s."""
     deadline = time.monotonic() + timeout
     while not (value := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(0.01)
+        time.sleep(interval)
     return value
 
 
@@ -166,8 +174,12 @@ def monitor(
     clock: ManualClock,
     max_concurrency: int = 4,
     stop: threading.Event | None = None,
+    interval: float | None = None,
 ) -> Iterator[Monitor]:
-    """A `Monitor` over `sources`; its worker threads end with the block."""
+    """A `Monitor` over `sources`; its worker threads end with the block.
+
+    With `interval`, its cycle knows it runs that often: failing scopes back off.
+    """
     current = CurrentState()
     current.load(store.current_images())
     registry, metrics = build_registry(current)
@@ -180,6 +192,7 @@ def monitor(
         max_concurrency=max_concurrency,
         clock=clock.now,
         stop=stop,
+        interval=interval,
     )
     try:
         yield Monitor(cycle, store, current, registry, metrics)

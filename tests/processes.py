@@ -5,6 +5,14 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.fakes import wait_for
+
+#: How many free ports a tool is given before its start is a failure.
+START_ATTEMPTS = 3
 
 
 def free_port() -> int:
@@ -24,3 +32,42 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+def start_on_free_port(
+    tool: str,
+    command: Callable[[int], list[str]],
+    log: Path,
+    started: list[subprocess.Popen[bytes]],
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Run `command(port)` on a free loopback port until it answers `GET /-/ready`.
+
+    The free port is found before the tool binds it, so another process may take it in
+    between: then the tool exits at once and another port is tried. Every process started is
+    appended to `started`, for the caller to stop. Returns the process and its base URL.
+    """
+    for attempt in range(1, START_ATTEMPTS + 1):
+        port = free_port()
+        with log.open("wb") as stderr:
+            process = subprocess.Popen(command(port), stdout=subprocess.DEVNULL, stderr=stderr)
+        started.append(process)
+        url = f"http://127.0.0.1:{port}"
+        wait_for(
+            lambda: process.poll() is not None or _ready(url),  # noqa: B023 - used at once
+            timeout=20.0,
+            what=f"{tool} to be ready",
+        )
+        if process.poll() is None:
+            return process, url
+        output = log.read_text(errors="replace")
+        if "address already in use" not in output or attempt == START_ATTEMPTS:
+            raise AssertionError(f"{tool} exited early:\n{output}")
+    raise AssertionError("unreachable")  # the last attempt returns or raises

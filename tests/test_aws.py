@@ -19,6 +19,7 @@ from tests.fakes import (
     NO_RETRIES,
     REGION,
     assume_role_calls,
+    fake_aws_environment,
     role_arn,
     simulated_aws,
     source,
@@ -310,14 +311,7 @@ def test_a_target_without_any_region_is_a_config_error(
 def test_the_endpoint_can_be_set_in_the_config_or_by_botocores_variable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL_EC2", raising=False)
+    fake_aws_environment(monkeypatch, tmp_path)
     with start_server() as server:
         server.reset()
         seeded = simulator_for(ACCOUNT, REGION).seed(2)

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from monitor.aws import RawImage, TargetSource
-from monitor.current import CurrentState
-from monitor.cycle import MAX_BACKOFF_SECONDS, Backoff, Cycle, CycleResult, backoff_seconds
+from monitor.cycle import MAX_BACKOFF_SECONDS, Backoff, CycleResult, backoff_seconds
 from monitor.errors import StoreError
-from monitor.metrics import MAX_PARALLEL_LAUNCHES, STATE, TARGET_RESOURCE_COUNT, build_registry
+from monitor.metrics import MAX_PARALLEL_LAUNCHES, STATE, TARGET_RESOURCE_COUNT
 from monitor.model import REMOVED, AppliedPoll, PollResult
 from monitor.settings import TargetSettings
 from monitor.simulator import ManualClock, simulator_for
@@ -407,17 +406,8 @@ def scheduled_monitor(
     store: Store, sources: list[TargetSource], *, clock: ManualClock
 ) -> Iterator[Monitor]:
     """A `Monitor` whose cycle knows it runs every `INTERVAL`: failing scopes back off."""
-    current = CurrentState()
-    current.load(store.current_images())
-    registry, metrics = build_registry(current)
-    metrics.set_leader(True)
-    cycle = Cycle(
-        sources, store, current, metrics, max_concurrency=4, clock=clock.now, interval=INTERVAL
-    )
-    try:
-        yield Monitor(cycle, store, current, registry, metrics)
-    finally:
-        cycle.close()
+    with monitor(store, sources, clock=clock, interval=INTERVAL) as scheduled:
+        yield scheduled
 
 
 def failing_and_healthy() -> tuple[TargetSource, TargetSource]:

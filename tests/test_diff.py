@@ -1,31 +1,18 @@
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from monitor.diff import diff_images
-from monitor.model import KNOWN_STATES, REMOVED, FastLaunchImage
+from monitor.model import KNOWN_STATES, REMOVED
+from tests.builders import T0, an_image
 
-T0 = datetime(2026, 11, 26, 10, 0, 0, 123000, tzinfo=UTC)
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 
 
 def image(image_id="ami-1", state="enabled", when=T0, **changes):
-    base = FastLaunchImage(
-        image_id=image_id,
-        state=state,
-        state_transition_reason="Client.UserInitiated",
-        state_transition_time=when,
-        resource_type="snapshot",
-        target_resource_count=5,
-        max_parallel_launches=6,
-        owner_id="123456789012",
-        launch_template_id="lt-1",
-        launch_template_name=None,
-        launch_template_version="1",
-    )
-    return replace(base, **changes)
+    changes = {"launch_template_name": None, "launch_template_version": "1", **changes}
+    return an_image(state, when, image_id, **changes)
 
 
 def by_id(*images):

@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from monitor.simulator import (
     start_server,
     use_clock,
 )
+from tests import fakes
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -39,15 +39,9 @@ T = TypeVar("T")
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "") -> T:
-    """Return the first truthy value of `condition()`, polling until `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(0.05)
+    """`tests.fakes.wait_for` with the patience a daemon in another process needs, and polling
+    gentle enough (its conditions scrape the daemon) not to slow it down."""
+    return fakes.wait_for(condition, timeout, what, interval=0.05)
 
 
 @pytest.fixture(scope="session")

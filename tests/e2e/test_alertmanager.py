@@ -32,7 +32,7 @@ from monitor.simulator import FastLaunchSimulator, ManualClock
 from monitor.store import create_engine_for
 from monitor.store.outbox import Outbox
 from tests.e2e.conftest import ACCOUNT, REGION, TARGET, DaemonProcess, wait_for
-from tests.processes import free_port, stop
+from tests.processes import start_on_free_port, stop
 
 pytestmark = pytest.mark.slow
 
@@ -76,16 +76,6 @@ class Alertmanager:
                     return sample.value
         return 0.0
 
-    def started(self) -> bool:
-        """True once Alertmanager is ready to serve, or has exited."""
-        if self.process.poll() is not None:
-            return True
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as answer:
-                return bool(answer.status == 200)
-        except OSError:
-            return False
-
 
 @pytest.fixture
 def alertmanager_binary() -> str:
@@ -112,38 +102,25 @@ def start_alertmanager(
     started: list[subprocess.Popen[bytes]] = []
 
     def start() -> Alertmanager:
-        # The free port is found before Alertmanager binds it, so another process may take
-        # it in between: then Alertmanager exits at once and another port is tried.
-        attempts = 3
-        while True:
-            attempts -= 1
-            name = f"alertmanager-{len(started)}"
-            storage = tmp_path / name
-            storage.mkdir()
-            log = tmp_path / f"{name}.log"
-            port = free_port()
-            with log.open("wb") as stderr:
-                process = subprocess.Popen(
-                    [
-                        alertmanager_binary,
-                        f"--config.file={config}",
-                        f"--storage.path={storage}",
-                        f"--web.listen-address=127.0.0.1:{port}",
-                        # Empty: no gossip listener, so nothing listens beyond loopback.
-                        "--cluster.listen-address=",
-                        "--log.level=debug",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=stderr,
-                )
-            started.append(process)
-            alertmanager = Alertmanager(process, f"http://127.0.0.1:{port}", log)
-            wait_for(alertmanager.started, what="Alertmanager to be ready")
-            if process.poll() is None:
-                return alertmanager
-            output = log.read_text(errors="replace")
-            if "address already in use" not in output or attempts == 0:
-                raise AssertionError(f"Alertmanager exited early:\n{output}")
+        name = f"alertmanager-{len(started)}"
+        storage = tmp_path / name
+        storage.mkdir()
+        log = tmp_path / f"{name}.log"
+        command = [
+            alertmanager_binary,
+            f"--config.file={config}",
+            f"--storage.path={storage}",
+            # Empty: no gossip listener, so nothing listens beyond loopback.
+            "--cluster.listen-address=",
+            "--log.level=debug",
+        ]
+        process, url = start_on_free_port(
+            "Alertmanager",
+            lambda port: [*command, f"--web.listen-address=127.0.0.1:{port}"],
+            log,
+            started,
+        )
+        return Alertmanager(process, url, log)
 
     yield start
     for process in started:

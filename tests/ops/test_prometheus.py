@@ -31,7 +31,7 @@ from monitor.simulator import FastLaunchSimulator
 from tests.alerts.receivers import Receiver
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import ACCOUNT, REGION, TARGET, DaemonProcess, wait_for
-from tests.processes import free_port, stop
+from tests.processes import start_on_free_port, stop
 
 # The e2e fixtures, found by pytest as attributes of this module.
 simulator_server = e2e.simulator_server
@@ -200,16 +200,6 @@ class Prometheus:
         rules: list[dict[str, Any]] = group["rules"]
         return rules
 
-    def started(self) -> bool:
-        """True once Prometheus is ready to serve, or has exited."""
-        if self.process.poll() is not None:
-            return True
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as answer:
-                return bool(answer.status == 200)
-        except OSError:
-            return False
-
 
 def prometheus_config(daemon_url: str) -> dict[str, Any]:
     """The shipped `scrape.yml`, scraping `daemon_url` every second, its rules by full path."""
@@ -233,33 +223,20 @@ def start_prometheus(
     def start(daemon_url: str) -> Prometheus:
         config = tmp_path / "prometheus.yml"
         config.write_text(json.dumps(prometheus_config(daemon_url)))
-        # The free port is found before Prometheus binds it, so another process may take it
-        # in between: then Prometheus exits at once and another port is tried.
-        attempts = 3
-        while True:
-            attempts -= 1
-            name = f"prometheus-{len(started)}"
-            log = tmp_path / f"{name}.log"
-            port = free_port()
-            with log.open("wb") as stderr:
-                process = subprocess.Popen(
-                    [
-                        prometheus_binary,
-                        f"--config.file={config}",
-                        f"--storage.tsdb.path={tmp_path / name}",
-                        f"--web.listen-address=127.0.0.1:{port}",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=stderr,
-                )
-            started.append(process)
-            prometheus = Prometheus(process, f"http://127.0.0.1:{port}", log)
-            wait_for(prometheus.started, what="Prometheus to be ready")
-            if process.poll() is None:
-                return prometheus
-            output = log.read_text(errors="replace")
-            if "address already in use" not in output or attempts == 0:
-                raise AssertionError(f"Prometheus exited early:\n{output}")
+        name = f"prometheus-{len(started)}"
+        log = tmp_path / f"{name}.log"
+        command = [
+            prometheus_binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / name}",
+        ]
+        process, url = start_on_free_port(
+            "Prometheus",
+            lambda port: [*command, f"--web.listen-address=127.0.0.1:{port}"],
+            log,
+            started,
+        )
+        return Prometheus(process, url, log)
 
     yield start
     for process in started:
