@@ -16,19 +16,17 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_demo_polls_the_simulator_and_stops_after_its_duration(tmp_path):
+def run_without_aws(command: list[str], home: Path) -> subprocess.CompletedProcess[str]:
+    """`command` with no AWS_ variable and a home without ~/.aws: the demo must need nothing
+    of the user's AWS setup."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    # A home without ~/.aws: the demo must need nothing of the user's AWS setup.
-    env["HOME"] = str(tmp_path)
+    env["HOME"] = str(home)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_demo_polls_the_simulator_and_stops_after_its_duration(tmp_path):
     script = Path(sys.executable).with_name("fastlaunch-monitor")
-    result = subprocess.run(
-        [str(script), "demo", "--duration", "4s"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_without_aws([str(script), "demo", "--duration", "4s"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert re.search(r"metrics:\s+http://127\.0\.0\.1:\d+/metrics", result.stdout)
     assert "status" in result.stdout
@@ -38,17 +36,9 @@ def test_the_demo_polls_the_simulator_and_stops_after_its_duration(tmp_path):
 
 
 def test_the_demo_receiver_prints_an_alert_firing_and_resolving(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env["HOME"] = str(tmp_path)
     # Fifteen times faster: the scenario's 150 s fail-and-recover story in 10 s.
-    result = subprocess.run(
-        [sys.executable, "-c", "from monitor.demo import run_demo; run_demo(12, speed=15)"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    demo = "from monitor.demo import run_demo; run_demo(12, speed=15)"
+    result = run_without_aws([sys.executable, "-c", demo], tmp_path)
     assert result.returncode == 0, result.stderr
     received = [line for line in result.stdout.splitlines() if line.startswith("receiver:")]
     assert any("FIRING failed alert" in line and "-> enabling-failed" in line for line in received)
