@@ -46,7 +46,7 @@ GZIP_LEVEL = 1
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # the gzip container, not raw zlib
 
 # prometheus_client's own number formatting (Go style), typed: it ships unannotated.
-_go_float: Callable[[float], str] = floatToGoString
+go_float: Callable[[float], str] = floatToGoString
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +85,7 @@ class _Numbers(dict[int, str]):
     """Counts as prometheus_client prints them, each formatted once per scope."""
 
     def __missing__(self, number: int) -> str:
-        text = self[number] = _go_float(number)
+        text = self[number] = go_float(number)
         return text
 
 
@@ -176,7 +176,7 @@ def _time_lines(name: str, parts: _ScopeTemplates, images: Iterable[StoredImage]
     for stored in images:
         changed_at = stored.image.state_transition_time
         if changed_at is not None:
-            seconds = _go_float(changed_at.timestamp())
+            seconds = go_float(changed_at.timestamp())
             yield f"{head}{escape(stored.image.image_id)}{tail}{seconds}\n"
 
 

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.core import Metric
 from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
-from monitor.image_exposition import escape
+from monitor.image_exposition import escape, go_float
 from monitor.model import PollResult, Scope, Transition
 
 POLL_SUCCESS = "fastlaunch_poll_success"
@@ -35,7 +34,6 @@ TRANSITIONS = "fastlaunch_transitions"  # a counter's name; its samples are `...
 #: A poll is one or more paged AWS calls, each 0.1 s to tens of seconds with retries.
 POLL_DURATION_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
-_go_float: Callable[[float], str] = floatToGoString
 
 _FAMILIES: tuple[tuple[str, str, str], ...] = (
     (POLL_SUCCESS, "gauge", "1 if the last poll of this target and region succeeded, else 0."),
@@ -57,7 +55,7 @@ _FAMILIES: tuple[tuple[str, str, str], ...] = (
     (TRANSITIONS, "counter", "Recorded state transitions of fast launch images, by new state."),
 )
 
-_LE = [_go_float(bound) for bound in (*POLL_DURATION_BUCKETS, float("inf"))]
+_LE = [go_float(bound) for bound in (*POLL_DURATION_BUCKETS, float("inf"))]
 
 
 @dataclass(slots=True)
@@ -113,13 +111,13 @@ class _ScopeView:
 def _success_lines(name: str, scopes: Sequence[_ScopeView]) -> Iterator[str]:
     for view in scopes:
         if view.numbers.success is not None:
-            yield f"{name}{view.labels.plain}{_go_float(view.numbers.success)}\n"
+            yield f"{name}{view.labels.plain}{go_float(view.numbers.success)}\n"
 
 
 def _last_success_lines(name: str, scopes: Sequence[_ScopeView]) -> Iterator[str]:
     for view in scopes:
         if view.numbers.last_success is not None:
-            yield f"{name}{view.labels.plain}{_go_float(view.numbers.last_success)}\n"
+            yield f"{name}{view.labels.plain}{go_float(view.numbers.last_success)}\n"
 
 
 def _duration_lines(name: str, scopes: Sequence[_ScopeView]) -> Iterator[str]:
@@ -130,9 +128,9 @@ def _duration_lines(name: str, scopes: Sequence[_ScopeView]) -> Iterator[str]:
         cumulative = 0
         for le, count in zip(_LE, numbers.buckets, strict=True):
             cumulative += count
-            yield f'{name}_bucket{labels.before_le}"{le}"{labels.rest}{_go_float(cumulative)}\n'
-        yield f"{name}_count{labels.plain}{_go_float(numbers.count)}\n"
-        yield f"{name}_sum{labels.plain}{_go_float(numbers.total)}\n"
+            yield f'{name}_bucket{labels.before_le}"{le}"{labels.rest}{go_float(cumulative)}\n'
+        yield f"{name}_count{labels.plain}{go_float(numbers.count)}\n"
+        yield f"{name}_sum{labels.plain}{go_float(numbers.total)}\n"
 
 
 def _error_lines(name: str, scopes: Sequence[_ScopeView]) -> Iterator[str]:
@@ -140,8 +138,7 @@ def _error_lines(name: str, scopes: Sequence[_ScopeView]) -> Iterator[str]:
         labels = view.labels
         for code, count in view.numbers.errors.items():
             yield (
-                f'{name}_total{labels.before_error}"{escape(code)}"{labels.rest}'
-                f"{_go_float(count)}\n"
+                f'{name}_total{labels.before_error}"{escape(code)}"{labels.rest}{go_float(count)}\n'
             )
 
 
@@ -151,7 +148,7 @@ def _transition_lines(name: str, scopes: Sequence[_ScopeView]) -> Iterator[str]:
         for state, count in view.numbers.transitions.items():
             yield (
                 f'{name}_total{labels.before_state}"{escape(state)}"{labels.after_state}'
-                f"{_go_float(count)}\n"
+                f"{go_float(count)}\n"
             )
 
 
