@@ -60,6 +60,7 @@ from monitor.cycle import Cycle
 from monitor.daemon import Runtime, freeze_long_lived, open_runtime
 from monitor.http import Readiness, serve
 from monitor.logs import setup_logging
+from monitor.poll_processes import RemoteSource
 from monitor.settings import parse_settings
 from monitor.simulator.table import LaunchTemplateRef, SimulatedImage
 from monitor.simulator.wire import describe_reply
@@ -360,15 +361,18 @@ def log_like_the_daemon() -> None:
             handler.setStream(sink)
 
 
-def config_text(fleet: Fleet, database: Path) -> str:
-    """One target per account, assuming a role into it, polling every region of the fleet."""
+def config_text(fleet: Fleet, database: Path, *, concurrency: int, processes: int) -> str:
+    """One target per account, assuming a role into it, polling every region of the fleet;
+    requests made in `processes` poll processes (0: in the monitor's own), up to
+    `concurrency` at a time."""
     regions = ", ".join(f'"{region}"' for region in fleet.regions)
     targets = "".join(
         f'[[targets]]\nname = "a{account}"\nregions = [{regions}]\n'
         f'role_arn = "arn:aws:iam::{account}:role/FastLaunchMonitor"\n'
         for account in fleet.account_ids()
     )
-    return f'[database]\nurl = "sqlite:///{database}"\n{targets}'
+    monitor = f"[monitor]\nmax_concurrency = {concurrency}\npoll_processes = {processes}\n"
+    return f'{monitor}[database]\nurl = "sqlite:///{database}"\n{targets}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,9 +409,9 @@ class Monitor:
             # Without an `interval`, no backoff: every pair is polled in every cycle.
             cycle = Cycle(rt.sources, rt.store, rt.current, rt.metrics, max_concurrency=concurrency)
             self._cycles[concurrency] = cycle
-        started, cpu = time.monotonic(), time.process_time()
+        started, cpu = time.monotonic(), cpu_seconds(rt)
         result = cycle.run()
-        wall, cpu = time.monotonic() - started, time.process_time() - cpu
+        wall, cpu = time.monotonic() - started, cpu_seconds(rt) - cpu
         if not self._cycled:
             # As the daemon does after its first cycle.
             freeze_long_lived()
@@ -427,11 +431,37 @@ class Monitor:
             cycle.close()
 
 
+def poll_process_pids(runtime: Runtime) -> list[int]:
+    """The pids of the runtime's poll processes that run now."""
+    processes = {s.process for s in runtime.sources if isinstance(s, RemoteSource)}
+    return [pid for process in processes if (pid := process.pid) is not None]
+
+
+def cpu_seconds(runtime: Runtime) -> float:
+    """The CPU seconds used so far by this process and by its poll processes that run now."""
+    total = time.process_time()
+    for pid in poll_process_pids(runtime):
+        # /proc/PID/stat: utime and stime are the 14th and 15th fields, in clock ticks; the
+        # command name (2nd) may hold spaces, so count from its closing parenthesis.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def peak_rss_mb(runtime: Runtime) -> float:
+    """The peak RSS of this process plus those of its poll processes that run now."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    for pid in poll_process_pids(runtime):
+        status = Path(f"/proc/{pid}/status").read_text()
+        kib += int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)[1])  # type: ignore[index]
+    return kib / 1024
+
+
 @contextmanager
-def monitor_for(fleet: Fleet) -> Iterator[Monitor]:
+def monitor_for(fleet: Fleet, *, concurrency: int, processes: int) -> Iterator[Monitor]:
     with tempfile.TemporaryDirectory(prefix="fastlaunch-scale-") as folder:
         database = Path(folder) / "history.sqlite3"
-        text = config_text(fleet, database)
+        text = config_text(fleet, database, concurrency=concurrency, processes=processes)
         settings = parse_settings(text, source="bench", env={}, base_dir=Path(folder))
         runtime = open_runtime(settings)
         runtime.metrics.set_leader(True)
@@ -453,15 +483,11 @@ def ask_parent(request: str) -> None:
     sys.stdin.readline()
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def measure_cycles(fleet: Fleet, concurrencies: list[int], cycles: int) -> None:
+def measure_cycles(fleet: Fleet, concurrencies: list[int], cycles: int, processes: int) -> None:
     """(a), in this process; asks the parent for `latency 0` before the last runs."""
     log_like_the_daemon()
     result: dict[str, Any] = {"runs": []}
-    with monitor_for(fleet) as monitor:
+    with monitor_for(fleet, concurrency=max(concurrencies), processes=processes) as monitor:
         result["cold"] = asdict(monitor.run(concurrencies[0], fleet.images))
         for concurrency in concurrencies:
             warm = [monitor.run(concurrency, 0) for _ in range(cycles)]
@@ -470,7 +496,7 @@ def measure_cycles(fleet: Fleet, concurrencies: list[int], cycles: int) -> None:
         fastest = max(concurrencies)
         warm = [monitor.run(fastest, 0) for _ in range(cycles)]
         result["runs"].append([fastest, True, [asdict(t) for t in warm]])
-    result["rss_mb"] = peak_rss_mb()
+        result["rss_mb"] = peak_rss_mb(monitor.runtime)
     emit(result)
 
 
@@ -496,12 +522,12 @@ class ApplyTimer:
                     self.cpu += cpu
 
 
-def measure_images(fleet: Fleet, sizes: list[int], concurrency: int) -> None:
+def measure_images(fleet: Fleet, sizes: list[int], concurrency: int, processes: int) -> None:
     """(b), in this process: per size (images per pair), in turn, asking the parent to grow
     the endpoint's images to it, then to scrape during the last cycle."""
     log_like_the_daemon()
     stages = []
-    with monitor_for(fleet) as monitor:
+    with monitor_for(fleet, concurrency=concurrency, processes=processes) as monitor:
         store = monitor.runtime.store
         timer = ApplyTimer(store.apply_poll)
         # The cycles call the runtime's store: this very object.
@@ -525,7 +551,7 @@ def measure_images(fleet: Fleet, sizes: list[int], concurrency: int) -> None:
                 timer.on = True
                 unchanged = monitor.run(concurrency, 0)
                 timer.on = False
-                unscraped_rss = peak_rss_mb()
+                unscraped_rss = peak_rss_mb(monitor.runtime)
                 ask_parent(f"scrape {http.url}/metrics")
                 scraped = monitor.run(concurrency, 0)
                 ask_parent("stop")
@@ -538,7 +564,7 @@ def measure_images(fleet: Fleet, sizes: list[int], concurrency: int) -> None:
                         "db_wall": timer.wall,
                         "db_cpu": timer.cpu,
                         "unscraped_rss_mb": unscraped_rss,
-                        "rss_mb": peak_rss_mb(),
+                        "rss_mb": peak_rss_mb(monitor.runtime),
                     }
                 )
         finally:
@@ -620,7 +646,7 @@ class Scraper:
 
 
 def run_cycles(
-    kind: str, fleet: Fleet, latency: float, concurrencies: list[int], cycles: int
+    kind: str, fleet: Fleet, latency: float, concurrencies: list[int], cycles: int, processes: int
 ) -> dict[str, Any]:
     """(a): the child's figures."""
     with endpoint(kind, fleet, latency) as simulated:
@@ -632,11 +658,12 @@ def run_cycles(
 
         arguments = ["cycles", "--url", simulated.url, *fleet.arguments()]
         arguments += ["--concurrency", *map(str, concurrencies), "--cycles", str(cycles)]
+        arguments += ["--poll-processes", str(processes)]
         return child(arguments, answer)
 
 
 def run_images(
-    kind: str, fleet: Fleet, sizes: list[int], latency: float, concurrency: int
+    kind: str, fleet: Fleet, sizes: list[int], latency: float, concurrency: int, processes: int
 ) -> list[dict[str, Any]]:
     """(b): per size, the child's figures and those of the scrapes: idle, then in a cycle."""
     scrapes: list[tuple[list[float], Scraper]] = []
@@ -657,6 +684,7 @@ def run_images(
 
         arguments = ["images", "--url", simulated.url, *fleet.arguments()]
         arguments += ["--sizes", *map(str, sizes), "--concurrency", str(concurrency)]
+        arguments += ["--poll-processes", str(processes)]
         stages: list[dict[str, Any]] = child(arguments, answer)["stages"]
     for stage, (idle, busy) in zip(stages, scrapes, strict=True):
         stage["idle_scrapes"] = idle
@@ -681,45 +709,53 @@ def _print_notes(notes: dict[str, str]) -> None:
         print(f"    failed polls, {code}: {message}")
 
 
-def report_cycles(kind: str, fleet: Fleet, latency: float, result: dict[str, Any]) -> None:
-    """Print (a): the cold cycle, then per concurrency the unchanged cycles and the goal."""
-    cold = result["cold"]
-    cycles = len(result["runs"][0][2])
+def report_cycles(
+    kind: str, fleet: Fleet, latency: float, results: list[tuple[int, dict[str, Any]]]
+) -> None:
+    """Print (a): per number of poll processes, per concurrency the unchanged cycles and the
+    goal, then each cold cycle."""
+    cycles = len(results[0][1]["runs"][0][2])
     print(
         f"\n(a) {fleet.pairs:,} (target, region) pairs: {fleet.accounts} accounts (assumed "
         f"roles) x {len(fleet.regions)} regions, {fleet.per_pair} images each; {kind} "
         "endpoint; SQLite.\n"
-        f"    Wall seconds of {cycles} unchanged cycles (median, range); CPU: the monitor "
-        "process's per unchanged cycle (median);\n"
+        "    processes: [monitor] poll_processes (0: requests made in the monitor's own "
+        "process); wall seconds of\n"
+        f"    {cycles} unchanged cycles (median, range); CPU: the monitor's and its poll "
+        "processes' per unchanged cycle (median);\n"
         "    failed: failed polls of each cycle; goal: "
         f"{CYCLE_GOAL_FACTOR} x pairs x latency / max_concurrency"
     )
     print(
-        f"{'max_concurrency':>15} {'latency':>8} {'unchanged':>10} {'range':>12} "
-        f"{'CPU':>6} {'failed':>8}  goal"
+        f"{'processes':>9} {'max_concurrency':>15} {'latency':>8} {'unchanged':>10} "
+        f"{'range':>12} {'CPU':>6} {'failed':>8}  goal"
     )
     notes: dict[str, str] = {}
-    _failures([cold], notes)
-    for concurrency, no_latency, warm in result["runs"]:
-        walls = [cycle["wall"] for cycle in warm]
-        median = statistics.median(walls)
-        cpu = statistics.median(cycle["cpu"] for cycle in warm)
-        added = 0.0 if no_latency else latency
-        if added > 0:
-            goal = CYCLE_GOAL_FACTOR * fleet.pairs * added / concurrency
-            verdict = f"<= {goal:.2f} s {_verdict(median <= goal)}"
-        else:
-            verdict = "- (no added latency: the machine's floor)"
+    for processes, result in results:
+        _failures([result["cold"]], notes)
+        for concurrency, no_latency, warm in result["runs"]:
+            walls = [cycle["wall"] for cycle in warm]
+            median = statistics.median(walls)
+            cpu = statistics.median(cycle["cpu"] for cycle in warm)
+            added = 0.0 if no_latency else latency
+            if added > 0:
+                goal = CYCLE_GOAL_FACTOR * fleet.pairs * added / concurrency
+                verdict = f"<= {goal:.2f} s {_verdict(median <= goal)}"
+            else:
+                verdict = "- (no added latency: the machine's floor)"
+            print(
+                f"{processes:>9} {concurrency:>15} {added:>7g}s {median:>10.2f} "
+                f"{f'{min(walls):.2f}-{max(walls):.2f}':>12} {cpu:>6.2f} "
+                f"{_failures(warm, notes):>8}  {verdict}"
+            )
+    for processes, result in results:
+        cold = result["cold"]
         print(
-            f"{concurrency:>15} {added:>7g}s {median:>10.2f} "
-            f"{f'{min(walls):.2f}-{max(walls):.2f}':>12} {cpu:>6.2f} "
-            f"{_failures(warm, notes):>8}  {verdict}"
+            f"cold (first) cycle, {processes} poll processes, max_concurrency "
+            f"{result['runs'][0][0]}, every role assumed and every client made: "
+            f"{cold['wall']:.2f} s, CPU {cold['cpu']:.2f} s, {cold['failed']} failed; "
+            f"peak RSS {result['rss_mb']:.0f} MB"
         )
-    print(
-        f"cold (first) cycle at max_concurrency {result['runs'][0][0]}, every role assumed "
-        f"and every client made: {cold['wall']:.2f} s, CPU {cold['cpu']:.2f} s, "
-        f"{cold['failed']} failed; peak RSS {result['rss_mb']:.0f} MB"
-    )
     _print_notes(notes)
 
 
@@ -801,6 +837,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeded", type=int, default=3, help="images per pair in (a)")
     parser.add_argument("--images", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--images-concurrency", type=int, default=16, help="in (b)")
+    parser.add_argument(
+        "--poll-processes", type=int, nargs="+", default=[0, 1, 2], help="in (a), in turn"
+    )
+    parser.add_argument("--images-poll-processes", type=int, default=0, help="in (b)")
     parser.add_argument("--only", choices=("cycles", "images"), help="run one part only")
     # The children: this file again, in processes of their own.
     commands = parser.add_subparsers(dest="command", help=argparse.SUPPRESS)
@@ -815,6 +855,7 @@ def _parser() -> argparse.ArgumentParser:
         measured.add_argument("--concurrency", type=int, nargs="+", required=True)
         measured.add_argument("--cycles", type=int, default=1)
         measured.add_argument("--sizes", type=int, nargs="+", help="images per pair, in turn")
+        measured.add_argument("--poll-processes", type=int, default=0)
     return parser
 
 
@@ -828,9 +869,11 @@ def main() -> int:
     if args.command in ("cycles", "images"):
         use_endpoint(args.url, REGIONS[0])
         if args.command == "cycles":
-            measure_cycles(Fleet.from_arguments(args), args.concurrency, args.cycles)
+            fleet = Fleet.from_arguments(args)
+            measure_cycles(fleet, args.concurrency, args.cycles, args.poll_processes)
         else:
-            measure_images(Fleet.from_arguments(args), args.sizes, args.concurrency[0])
+            fleet = Fleet.from_arguments(args)
+            measure_images(fleet, args.sizes, args.concurrency[0], args.poll_processes)
         return 0
     if not 1 <= args.regions <= len(REGIONS) or args.pairs % args.regions:
         parser.error(f"--regions must be 1 to {len(REGIONS)} and divide --pairs")
@@ -841,12 +884,27 @@ def main() -> int:
     started = time.monotonic()
     if args.only in (None, "cycles"):
         fleet = Fleet(accounts, regions, args.seeded)
-        result = run_cycles(args.endpoint, fleet, args.latency, args.concurrency, args.cycles)
-        report_cycles(args.endpoint, fleet, args.latency, result)
+        results = [
+            (
+                processes,
+                run_cycles(
+                    args.endpoint, fleet, args.latency, args.concurrency, args.cycles, processes
+                ),
+            )
+            for processes in args.poll_processes
+        ]
+        report_cycles(args.endpoint, fleet, args.latency, results)
     if args.only in (None, "images"):
         sizes = [images // args.pairs for images in sorted(args.images)]
         fleet = Fleet(accounts, regions, sizes[0])
-        stages = run_images(args.endpoint, fleet, sizes, args.latency, args.images_concurrency)
+        stages = run_images(
+            args.endpoint,
+            fleet,
+            sizes,
+            args.latency,
+            args.images_concurrency,
+            args.images_poll_processes,
+        )
         report_images(args.endpoint, fleet, args.images_concurrency, stages)
     print(f"\n(run time {time.monotonic() - started:.0f} s)")
     return 0

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from botocore.config import Config
 from botocore.credentials import (
@@ -201,6 +201,35 @@ def _role_session(
     return session
 
 
+def target_scope(target: TargetSettings, account: str, region: str) -> Scope:
+    """A target's (target, account, region) scope; the target's name defaults to its account."""
+    return Scope(target=target.name or account, account_id=account, region=region)
+
+
+class Source(Protocol):
+    """What a poll cycle needs of a target: a `TargetSource`, or one that polls elsewhere
+    (`monitor.poll_processes`)."""
+
+    @property
+    def key(self) -> str:
+        """The target's name in logs and config (`targets[i]` without a name)."""
+
+    @property
+    def regions(self) -> tuple[str, ...]: ...
+
+    @property
+    def known_account_id(self) -> str:
+        """The account id if known yet, else an empty string."""
+
+    def account_id(self) -> str:
+        """The account id, asked of AWS if not known yet; raises `SourceError`."""
+
+    def scope(self, region: str) -> Scope: ...
+
+    def describe(self, region: str) -> tuple[list[RawImage], int]:
+        """Every fast launch image of `region` and the pages it took; raises `SourceError`."""
+
+
 @dataclass(frozen=True, slots=True)
 class CheckOutcome:
     """The answer to a DryRun DescribeFastLaunchImages: permitted, denied, or unreachable."""
@@ -319,8 +348,7 @@ class TargetSource:
 
     def scope(self, region: str) -> Scope:
         """The (target, account, region) scope; the target's name defaults to its account id."""
-        account = self.known_account_id
-        return Scope(target=self.settings.name or account, account_id=account, region=region)
+        return target_scope(self.settings, self.known_account_id, region)
 
     def _request(self) -> dict[str, Any]:
         request: dict[str, Any] = {"MaxResults": PAGE_SIZE}

@@ -17,7 +17,7 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from monitor.aws import TargetSource
+from monitor.aws import Source
 from monitor.current import CurrentState
 from monitor.errors import SourceError, StoreError
 from monitor.metrics import MonitorMetrics
@@ -148,11 +148,12 @@ class Cycle:
     `stop` lets a shutdown skip the scopes not started yet; those in flight finish.
     `interval`, the seconds between the starts of two cycles, turns on the `Backoff` of
     scopes whose polls keep failing; without it every scope is polled every cycle.
+    `on_close` releases what the sources hold (their poll processes) when the cycle closes.
     """
 
     def __init__(
         self,
-        sources: Sequence[TargetSource],
+        sources: Sequence[Source],
         store: Store,
         current: CurrentState,
         metrics: MonitorMetrics,
@@ -161,8 +162,10 @@ class Cycle:
         clock: Clock = utc_now,
         stop: threading.Event | None = None,
         interval: float | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
-        self._sources = tuple(sources)
+        self.sources = tuple(sources)
+        self._on_close = on_close
         self._backoff = Backoff(interval) if interval is not None else None
         self._store = store
         self._current = current
@@ -181,7 +184,7 @@ class Cycle:
     @property
     def expected(self) -> tuple[tuple[str, str], ...]:
         """Every (target key, region) the cycle polls; readiness expects a success for each."""
-        return tuple((s.key, region) for s in self._sources for region in s.regions)
+        return tuple((s.key, region) for s in self.sources for region in s.regions)
 
     def last_success(self) -> dict[tuple[str, str], datetime]:
         """When each (target key, region) last had a successful, persisted poll."""
@@ -194,9 +197,9 @@ class Cycle:
         values of their last (failed) poll.
         """
         now = self._clock()
-        due: list[tuple[TargetSource, str]] = []
+        due: list[tuple[Source, str]] = []
         skipped: list[ScopeKey] = []
-        for source in self._sources:
+        for source in self.sources:
             for region in source.regions:
                 if self._backoff is None or self._backoff.due((source.key, region), now):
                     due.append((source, region))
@@ -216,8 +219,10 @@ class Cycle:
         """Stop the worker threads; scopes not started yet are dropped, also from a `run()`
         in progress, which returns the polls that were made."""
         with self._closing:
-            self._closed = True
+            first, self._closed = not self._closed, True
             self._executor.shutdown(wait=False, cancel_futures=True)
+        if first and self._on_close is not None:
+            self._on_close()
 
     def _warn_unknown_state(self, state: str) -> None:
         with self._warned_lock:
@@ -226,7 +231,7 @@ class Cycle:
             self._warned_states.add(state)
         log.warning("unknown fast launch state %r: kept as text", state)
 
-    def _fetch(self, source: TargetSource, region: str, started_at: datetime) -> PollResult:
+    def _fetch(self, source: Source, region: str, started_at: datetime) -> PollResult:
         started = time.monotonic()
         pages = 0
         try:
@@ -258,7 +263,7 @@ class Cycle:
             images=images,
         )
 
-    def _record(self, source: TargetSource, region: str, result: PollResult) -> AppliedPoll:
+    def _record(self, source: Source, region: str, result: PollResult) -> AppliedPoll:
         try:
             return self._store.apply_poll(result, observed_at=self._clock())
         except StoreError as exc:
@@ -272,7 +277,7 @@ class Cycle:
             failed = replace(result, images=None, error_code="StoreError", error_message=str(exc))
             return AppliedPoll(result=failed, transitions=(), upserts=0, removed=0)
 
-    def _claim(self, source: TargetSource, region: str) -> None:
+    def _claim(self, source: Source, region: str) -> None:
         # Two targets reaching the same account and region would each see the other's images
         # as removed, so one of them owns the scope for the life of the process and the other
         # fails with a clear error. The owner is the first configured target known to reach
@@ -283,7 +288,7 @@ class Cycle:
             if owner is None:
                 owner = next(
                     other.key
-                    for other in self._sources
+                    for other in self.sources
                     if region in other.regions and other.known_account_id == account
                 )
                 self._owners[(account, region)] = owner
@@ -295,7 +300,7 @@ class Cycle:
             )
 
     def poll_scope(
-        self, source: TargetSource, region: str, *, cycle_started: datetime | None = None
+        self, source: Source, region: str, *, cycle_started: datetime | None = None
     ) -> AppliedPoll | None:
         """Poll and persist one scope; `None` if a shutdown skipped it.
 
@@ -365,7 +370,7 @@ class Cycle:
         return applied
 
     def _track(
-        self, source: TargetSource, region: str, *, reached: bool, cycle_started: datetime
+        self, source: Source, region: str, *, reached: bool, cycle_started: datetime
     ) -> None:
         # `reached`: AWS answered. A poll that failed only to be stored is no failure of the
         # target's: a database that fails every scope at once must not leave them all

@@ -20,7 +20,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from types import FrameType
@@ -34,7 +34,7 @@ from sqlalchemy import Engine
 
 from monitor.alerts.dispatcher import Dispatcher
 from monitor.alerts.rules import Receiver, alert_policy
-from monitor.aws import TargetSource
+from monitor.aws import Source, TargetSource
 from monitor.current import CurrentState
 from monitor.cycle import Clock, Cycle, CycleResult, utc_now
 from monitor.errors import ConfigError, StoreError
@@ -43,6 +43,7 @@ from monitor.leader import Leadership, leadership_for
 from monitor.metrics import MonitorMetrics, build_registry
 from monitor.model import PollResult, Scope
 from monitor.notify import Notifier, Watchdog, monotonic_usec, watchdog_interval
+from monitor.poll_processes import PollProcesses
 from monitor.settings import MonitorSettings, Settings
 from monitor.store import Store, create_engine_for, upgrade
 from monitor.store.guard import SqliteGuard, acquire_sqlite_guard
@@ -104,22 +105,35 @@ def _dispatcher(
 
 def _cycle(
     settings: Settings,
-    sources: Iterable[TargetSource],
+    sources: Sequence[TargetSource],
     store: Store,
     current: CurrentState,
     metrics: MonitorMetrics,
     clock: Clock,
     stop: threading.Event,
 ) -> Cycle:
+    """The poll cycle of `sources`; in poll processes of their own if the config says so."""
+    monitor = settings.monitor
+    polled: Sequence[Source] = sources
+    on_close = None
+    if monitor.poll_processes:
+        processes = PollProcesses(
+            sources,
+            settings.aws,
+            processes=monitor.poll_processes,
+            threads=monitor.max_concurrency,
+        )
+        polled, on_close = processes.sources, processes.close
     return Cycle(
-        tuple(sources),
+        polled,
         store,
         current,
         metrics,
-        max_concurrency=settings.monitor.max_concurrency,
+        max_concurrency=monitor.max_concurrency,
         clock=clock,
         stop=stop,
-        interval=settings.monitor.interval,
+        interval=monitor.interval,
+        on_close=on_close,
     )
 
 
@@ -137,7 +151,7 @@ class Runtime:
     current: CurrentState
     registry: CollectorRegistry
     metrics: MonitorMetrics
-    sources: tuple[TargetSource, ...]
+    sources: tuple[Source, ...]
     cycle: Cycle
     outbox: Outbox
     dispatcher: Dispatcher | None
@@ -159,7 +173,7 @@ def open_runtime(
     `guard` is this process's hold on a SQLite file (`acquire_sqlite_guard`): with it, alert
     leases left in the file can only be a dead process's, and are released at once.
     """
-    sources = tuple(build_sources(settings))
+    sources = build_sources(settings)
     # One connection per concurrent poll, plus one for scrapes' readiness checks.
     engine = create_engine_for(
         settings.database.url, pool_size=settings.monitor.max_concurrency + 1
@@ -181,6 +195,7 @@ def open_runtime(
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry, metrics = build_registry(current)
     stop = threading.Event()
+    cycle = _cycle(settings, sources, store, current, metrics, clock, stop)
     runtime = Runtime(
         settings=settings,
         engine=engine,
@@ -188,8 +203,8 @@ def open_runtime(
         current=current,
         registry=registry,
         metrics=metrics,
-        sources=sources,
-        cycle=_cycle(settings, sources, store, current, metrics, clock, stop),
+        sources=cycle.sources,
+        cycle=cycle,
         outbox=outbox,
         dispatcher=_dispatcher(settings, outbox, metrics, clock, stop),
         stop=stop,
@@ -555,7 +570,7 @@ class Daemon:
             if changed
         ]
         settings = replace(settings, database=running.database, http=running.http)
-        sources = tuple(build_sources(settings))
+        sources = build_sources(settings)
         dispatcher = _dispatcher(settings, rt.outbox, rt.metrics, rt.clock, rt.stop)
         store = Store(rt.engine, _alert_policy(settings))
         cycle = _cycle(settings, sources, store, rt.current, rt.metrics, rt.clock, rt.stop)
@@ -572,7 +587,7 @@ class Daemon:
                 for region in s.regions
                 if (s.key, region) not in kept
             ]
-            rt.settings, rt.sources, rt.store = settings, sources, store
+            rt.settings, rt.sources, rt.store = settings, cycle.sources, store
             rt.cycle, rt.dispatcher = cycle, dispatcher
             if not close_cycle:
                 # The cycle in flight would record them again as it ends.

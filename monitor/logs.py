@@ -48,8 +48,18 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+#: The level and format of the last `setup_logging`: what a poll process logs with too.
+_configured = {"level": "INFO", "format": "text"}
+
+
+def configured() -> tuple[str, str]:
+    """The (level, format) this process logs with."""
+    return _configured["level"], _configured["format"]
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text", stream: TextIO | None = None) -> None:
     """Send every log record at `level` and above to `stream` (stderr) in the chosen format."""
+    _configured.update(level=level, format=fmt)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

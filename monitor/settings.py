@@ -45,7 +45,14 @@ _WEBHOOK_TIMEOUT: Final = 10.0
 _MAX_DURATION: Final = 365 * 86400.0
 
 _ROOT_KEYS = ("monitor", "database", "http", "aws", "targets", "alerts")
-_MONITOR_KEYS = ("interval", "jitter", "max_concurrency", "stuck_after", "log_level")
+_MONITOR_KEYS = (
+    "interval",
+    "jitter",
+    "max_concurrency",
+    "poll_processes",
+    "stuck_after",
+    "log_level",
+)
 _DATABASE_KEYS = ("url", "url_file")
 _HTTP_KEYS = ("listen", "tls_cert_file", "tls_key_file", "tls_client_ca_file")
 _AWS_KEYS = ("retry_mode", "max_attempts", "connect_timeout", "read_timeout", "endpoint_url")
@@ -85,11 +92,14 @@ class MonitorSettings:
     """`[monitor]`: durations in seconds; `stuck_after == 0` disables stuck alerts.
 
     `log_level` (upper case) applies unless `--log-level` is given; `None`: INFO.
+    `poll_processes`: how many processes make the AWS requests (`monitor.poll_processes`);
+    0, the default, makes them in the daemon's own.
     """
 
     interval: float = 300.0
     jitter: float = 10.0
     max_concurrency: int = 16
+    poll_processes: int = 0
     stuck_after: float = 7200.0
     log_level: str | None = None
 
@@ -455,6 +465,7 @@ def _monitor(table: _Table) -> MonitorSettings:
         interval=table.duration("interval", default.interval, allow_zero=False),
         jitter=table.duration("jitter", default.jitter),
         max_concurrency=table.integer("max_concurrency", default.max_concurrency, minimum=1),
+        poll_processes=table.integer("poll_processes", default.poll_processes, minimum=0),
         stuck_after=table.duration("stuck_after", default.stuck_after),
         log_level=_log_level(table),
     )

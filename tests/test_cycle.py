@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from monitor.aws import RawImage, TargetSource
-from monitor.cycle import MAX_BACKOFF_SECONDS, Backoff, CycleResult, backoff_seconds
+from monitor.current import CurrentState
+from monitor.cycle import MAX_BACKOFF_SECONDS, Backoff, Cycle, CycleResult, backoff_seconds
 from monitor.errors import StoreError
-from monitor.metrics import MAX_PARALLEL_LAUNCHES, STATE, TARGET_RESOURCE_COUNT
+from monitor.metrics import MAX_PARALLEL_LAUNCHES, STATE, TARGET_RESOURCE_COUNT, build_registry
 from monitor.model import REMOVED, AppliedPoll, PollResult
 from monitor.settings import TargetSettings
 from monitor.simulator import ManualClock, simulator_for
@@ -369,6 +370,23 @@ def test_closing_the_cycle_drops_the_scopes_not_started_and_run_returns_the_rest
     (result,) = results
     assert [poll.result.scope.target for poll in result.polls] == ["first"]
     assert [poll.scope.target for poll in sqlite_store.latest_polls()] == ["first"]
+
+
+def test_closing_a_cycle_releases_what_its_sources_hold_once(sqlite_store: Store) -> None:
+    released: list[str] = []
+    cycle = Cycle(
+        [],
+        sqlite_store,
+        CurrentState(),
+        build_registry(CurrentState())[1],
+        max_concurrency=1,
+        on_close=lambda: released.append("poll processes"),
+    )
+
+    cycle.close()
+    cycle.close()
+
+    assert released == ["poll processes"]
 
 
 class BrokenSource(TargetSource):

@@ -56,7 +56,7 @@ def test_no_file_gives_the_documented_defaults(tmp_path: Path) -> None:
 
     assert settings.source == FILE
     assert settings.monitor == MonitorSettings(
-        interval=300.0, jitter=10.0, max_concurrency=16, stuck_after=7200.0
+        interval=300.0, jitter=10.0, max_concurrency=16, poll_processes=0, stuck_after=7200.0
     )
     assert settings.http == HttpSettings(host="127.0.0.1", port=9877)
     assert settings.aws == AwsSettings(
@@ -101,6 +101,7 @@ def test_every_key_of_the_documented_example_is_read(tmp_path: Path) -> None:
 interval = "1m30s"
 jitter = 5
 max_concurrency = 4
+poll_processes = 2
 stuck_after = "0"
 
 [database]
@@ -141,7 +142,7 @@ timeout = "3s"
     settings = parse(text, base_dir=tmp_path)
 
     assert settings.monitor == MonitorSettings(
-        interval=90.0, jitter=5.0, max_concurrency=4, stuck_after=0.0
+        interval=90.0, jitter=5.0, max_concurrency=4, poll_processes=2, stuck_after=0.0
     )
     assert settings.database.url == "postgresql+psycopg://monitor@db.internal/fastlaunch"
     assert (settings.http.host, settings.http.port) == ("0.0.0.0", 9100)
@@ -290,6 +291,12 @@ def test_a_duration_of_more_than_a_year_is_refused() -> None:
 def test_zero_concurrency_is_refused() -> None:
     assert error_of("[monitor]\nmax_concurrency = 0\n") == (
         f"{FILE}: monitor.max_concurrency: must be 1 or more, got 0"
+    )
+
+
+def test_a_negative_number_of_poll_processes_is_refused() -> None:
+    assert error_of("[monitor]\npoll_processes = -1\n") == (
+        f"{FILE}: monitor.poll_processes: must be 0 or more, got -1"
     )
 
 

@@ -1,0 +1,263 @@
+"""Polling in poll processes (`[monitor] poll_processes`): real processes against the simulator.
+
+A poll process must answer exactly what the daemon's own `TargetSource` would, keep each
+account in one process, survive nothing the daemon does not (it ends with the daemon, and
+ignores the SIGTERM meant for the daemon), and turn its own death into failed polls that the
+next cycle recovers from.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from monitor.aws import TargetSource
+from monitor.errors import SourceError
+from monitor.model import Scope
+from monitor.poll_processes import PollProcesses
+from monitor.settings import AwsSettings, TargetSettings
+from monitor.simulator import SimulatorServer
+from tests.e2e.conftest import (
+    ACCOUNT,
+    DEFAULT_MONITOR,
+    REGION,
+    TARGET,
+    aws_env,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+SCOPE = {"target": TARGET, "account_id": ACCOUNT, "region": REGION}
+
+
+@pytest.fixture
+def aws_environment(simulator_server: SimulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's environment as the daemon's: poll processes inherit it."""
+    env = aws_env(simulator_server.endpoint_url)
+    for name in os.environ:
+        if name not in env:
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def started() -> Iterator[list[PollProcesses]]:
+    """Poll processes made by a test, closed after it."""
+    made: list[PollProcesses] = []
+    yield made
+    for processes in made:
+        processes.close()
+
+
+def spread(
+    started: list[PollProcesses],
+    targets: list[TargetSettings],
+    aws: AwsSettings,
+    processes: int = 1,
+) -> PollProcesses:
+    sources = [TargetSource(index, target, aws) for index, target in enumerate(targets)]
+    made = PollProcesses(sources, aws, processes=processes, threads=4)
+    started.append(made)
+    return made
+
+
+def simulator_aws(server: SimulatorServer) -> AwsSettings:
+    return AwsSettings(max_attempts=1, endpoint_url=server.endpoint_url)
+
+
+def role(account: str) -> str:
+    return f"arn:aws:iam::{account}:role/FastLaunchMonitor"
+
+
+def test_a_poll_process_answers_what_the_daemons_own_target_would(
+    sim, simulator_server, aws_environment, started
+):
+    sim.seed(3)
+    sim.seed(1, states="enabling-failed")
+    aws = simulator_aws(simulator_server)
+    target = TargetSettings(name=TARGET, regions=(REGION,))
+    remote = spread(started, [target], aws).sources[0]
+
+    assert remote.known_account_id == ""
+    assert remote.account_id() == ACCOUNT
+    assert remote.scope(REGION) == Scope(target=TARGET, account_id=ACCOUNT, region=REGION)
+    assert remote.describe(REGION) == TargetSource(0, target, aws).describe(REGION)
+    assert remote.process.pid is not None
+
+
+def test_an_aws_error_crosses_to_the_daemon_with_its_code_and_message(
+    sim, simulator_server, aws_environment, started
+):
+    sim.deny()
+    aws = simulator_aws(simulator_server)
+    target = TargetSettings(name=TARGET, regions=(REGION,))
+    remote = spread(started, [target], aws).sources[0]
+
+    with pytest.raises(SourceError) as remotely:
+        remote.describe(REGION)
+    with pytest.raises(SourceError) as locally:
+        TargetSource(0, target, aws).describe(REGION)
+    assert remotely.value.code == "UnauthorizedOperation"
+    assert (remotely.value.code, remotely.value.message) == (
+        locally.value.code,
+        locally.value.message,
+    )
+
+
+def test_each_account_is_served_by_one_process_and_accounts_are_spread_over_them(started):
+    targets = [
+        TargetSettings(name="a", regions=(REGION,), role_arn=role("111111111111")),
+        TargetSettings(name="b", regions=(REGION,), role_arn=role("222222222222")),
+        TargetSettings(name="a-again", regions=(REGION,), role_arn=role("111111111111")),
+        TargetSettings(name="c", regions=(REGION,), role_arn=role("333333333333")),
+        TargetSettings(name="default", regions=(REGION,)),
+    ]
+    a, b, a_again, c, default = (
+        source.process for source in spread(started, targets, AwsSettings(), processes=2).sources
+    )
+
+    assert a is a_again
+    assert a is not b
+    assert c is a
+    assert default is b
+    # Placing targets starts nothing: a standby never polls.
+    assert a.pid is None
+    assert b.pid is None
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[tuple[str, threading.Event]]:
+    """An EC2 endpoint that accepts connections and never answers, and an event set once a
+    request has reached it."""
+    server = socket.create_server(("127.0.0.1", 0))
+    reached = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            held.append(connection)
+            reached.set()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}", reached
+    server.close()
+    for connection in held:
+        connection.close()
+
+
+def test_a_poll_process_that_dies_fails_its_polls_in_flight_and_the_next_poll_starts_it_again(
+    aws_environment, started, silent_endpoint
+):
+    silent_url, reached = silent_endpoint
+    aws = AwsSettings(max_attempts=1, endpoint_url=silent_url, read_timeout=60.0)
+    (hung,) = spread(started, [TargetSettings(name="hung", regions=(REGION,))], aws).sources
+    process = hung.process
+
+    with ThreadPoolExecutor(1) as executor:
+        in_flight = executor.submit(hung.describe, REGION)
+        assert reached.wait(20), "the describe never reached the endpoint"
+        first_pid = process.pid
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+        with pytest.raises(SourceError) as failed:
+            in_flight.result(timeout=20)
+
+    assert failed.value.code == "PollProcessExited"
+    wait_for(lambda: process.pid is None, what="the daemon to see the process exit")
+    # Started again by the next request (the account id, from the simulator's STS).
+    assert hung.account_id() == ACCOUNT
+    assert process.pid not in (None, first_pid)
+
+
+def test_a_poll_process_ignores_sigterm_and_ends_when_closed(
+    sim, simulator_server, aws_environment, started
+):
+    sim.seed(1)
+    target = TargetSettings(name=TARGET, regions=(REGION,))
+    processes = spread(started, [target], simulator_aws(simulator_server))
+    remote = processes.sources[0]
+    remote.describe(REGION)
+    pid = remote.process.pid
+    assert pid is not None
+
+    os.kill(pid, signal.SIGTERM)
+    images, _ = remote.describe(REGION)
+    assert len(images) == 1
+    assert remote.process.pid == pid
+
+    processes.close()
+    assert remote.process.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    with pytest.raises(SourceError) as closed:
+        remote.describe(REGION)
+    assert closed.value.code == "PollProcessClosed"
+
+
+def children_of(pid: int) -> list[int]:
+    """The live (not zombie) processes whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        if int(parent) == pid and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_the_daemon_polls_through_poll_processes_which_end_with_it(sim, start_daemon):
+    (image_id,) = sim.seed(1, target_resource_count=9)
+    daemon = start_daemon(monitor=f"{DEFAULT_MONITOR}\npoll_processes = 2")
+    wait_for(lambda: daemon.value("fastlaunch_poll_success", **SCOPE) == 1, what="a poll")
+
+    labels = {**SCOPE, "image_id": image_id}
+    assert daemon.value("fastlaunch_image_target_resource_count", **labels) == 9
+    assert daemon.value("fastlaunch_leader") == 1
+    # One target: one account, so one of the two processes serves it and the other never starts.
+    (child,) = children_of(daemon.process.pid)
+    assert "monitor.poll_worker" in Path(f"/proc/{child}/cmdline").read_text()
+
+    daemon.process.kill()
+    daemon.process.wait()
+    wait_for(lambda: not alive(child), what="the poll process to end with the daemon")
+
+
+def test_a_daemon_stopped_by_sigterm_finishes_and_ends_its_poll_processes(sim, start_daemon):
+    sim.seed(2)
+    daemon = start_daemon(monitor=f"{DEFAULT_MONITOR}\npoll_processes = 1")
+    wait_for(lambda: daemon.value("fastlaunch_poll_success", **SCOPE) == 1, what="a poll")
+    (child,) = children_of(daemon.process.pid)
+
+    # As systemd stops a unit: SIGTERM to every process of it, poll processes included.
+    os.kill(child, signal.SIGTERM)
+    daemon.next_poll()
+    assert daemon.value("fastlaunch_poll_success", **SCOPE) == 1
+    assert daemon.terminate() == 0
+    assert not alive(child)
+    assert "exited with code" not in daemon.stderr()
