@@ -1,4 +1,5 @@
-"""Helpers for tests that start the real tools (Alertmanager, Prometheus) on loopback."""
+"""Helpers for tests that start processes: the real tools (Alertmanager, Prometheus) on
+loopback, and the daemon's own poll processes."""
 
 from __future__ import annotations
 
@@ -71,3 +72,27 @@ def start_on_free_port(
         if "address already in use" not in output or attempt == START_ATTEMPTS:
             raise AssertionError(f"{tool} exited early:\n{output}")
     raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+def children_of(pid: int) -> list[int]:
+    """The live (not zombie) processes whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        if int(parent) == pid and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -32,6 +32,7 @@ from tests.e2e.conftest import (
     aws_env,
     wait_for,
 )
+from tests.processes import alive, children_of
 
 pytestmark = pytest.mark.slow
 
@@ -205,30 +206,6 @@ def test_a_poll_process_ignores_sigterm_and_ends_when_closed(
     with pytest.raises(SourceError) as closed:
         remote.describe(REGION)
     assert closed.value.code == "PollProcessClosed"
-
-
-def children_of(pid: int) -> list[int]:
-    """The live (not zombie) processes whose parent is `pid`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        state, parent = stat.rsplit(")", 1)[1].split()[:2]
-        if int(parent) == pid and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_the_daemon_polls_through_poll_processes_which_end_with_it(sim, start_daemon):

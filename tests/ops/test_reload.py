@@ -17,6 +17,7 @@ from monitor.simulator import SimulatorServer
 from tests.alerts.receivers import Receiver
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import ACCOUNT, REGION, TARGET, DaemonProcess, wait_for, write_config
+from tests.processes import alive, children_of
 
 # The e2e fixtures, found by pytest as attributes of this module.
 simulator_server = e2e.simulator_server
@@ -176,3 +177,25 @@ def test_a_config_log_level_is_read_in_any_case_and_a_wrong_one_named():
         parse_settings(
             '[monitor]\nlog_level = "warn"', source="config.toml", env={}, base_dir=Path()
         )
+
+
+@pytest.mark.slow
+def test_a_reload_replaces_the_poll_processes_and_ends_the_old_ones(sim, start_daemon, rewrite):
+    with_processes = 'interval = "1s"\njitter = "0"\npoll_processes = 1'
+    daemon = start_daemon(monitor=with_processes)
+    wait_for(lambda: daemon.value("fastlaunch_poll_success", **SCOPE) == 1, what="a first poll")
+    (old,) = children_of(daemon.process.pid)
+
+    rewrite(monitor='interval = "1s"\njitter = "0"')
+    assert "config reloaded" in reload(daemon)
+    wait_for(lambda: not alive(old), what="the old poll process to end")
+    daemon.next_poll()
+    assert children_of(daemon.process.pid) == []
+
+    rewrite(monitor=with_processes)
+    assert "config reloaded" in reload(daemon)
+    daemon.next_poll()
+    (new,) = children_of(daemon.process.pid)
+    assert new != old
+    assert daemon.value("fastlaunch_poll_success", **SCOPE) == 1
+    assert daemon.terminate() == 0
