@@ -40,6 +40,7 @@ from monitor.cycle import Clock, Cycle, CycleResult, utc_now
 from monitor.errors import ConfigError, StoreError
 from monitor.http import HttpServer, Readiness, serve
 from monitor.leader import Leadership, leadership_for
+from monitor.malloc import return_large_buffers
 from monitor.metrics import MonitorMetrics, build_registry
 from monitor.model import PollResult, Scope
 from monitor.notify import Notifier, Watchdog, monotonic_usec, watchdog_interval
@@ -173,6 +174,7 @@ def open_runtime(
     `guard` is this process's hold on a SQLite file (`acquire_sqlite_guard`): with it, alert
     leases left in the file can only be a dead process's, and are released at once.
     """
+    return_large_buffers()
     sources = build_sources(settings)
     # One connection per concurrent poll, plus one for scrapes' readiness checks.
     engine = create_engine_for(

@@ -21,6 +21,7 @@ from typing import IO, NoReturn
 from monitor.aws import TargetSource
 from monitor.errors import SourceError
 from monitor.logs import setup_logging
+from monitor.malloc import return_large_buffers
 from monitor.poll_protocol import Reply, Request, Setup, frame, read_frame
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
 def main(argv: list[str]) -> NoReturn:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return_large_buffers()
     requests_fd, replies_fd = (int(fd) for fd in argv[1:3])
     serve(os.fdopen(requests_fd, "rb"), os.fdopen(replies_fd, "wb"))
     # The daemon closed the pipe: it waits for no reply, so no request in flight is waited for.

@@ -21,9 +21,6 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
 from monitor.durations import parse_duration
 from monitor.errors import ConfigError
 from monitor.logs import LEVELS
@@ -113,6 +110,8 @@ class DatabaseSettings:
     @property
     def safe_url(self) -> str:
         """The URL with its password (also a `password=` query parameter) masked, for logs."""
+        from sqlalchemy.engine import make_url  # imported here: see _database_url
+
         url = make_url(self.url)
         if "password" in url.query:
             url = url.update_query_dict({"password": "***"})
@@ -506,6 +505,11 @@ def _env_error(message: str) -> ConfigError:
 
 def _database_url(raw: str, error: Callable[[str], ConfigError]) -> str:
     """Check a database URL and give it the psycopg 3 driver; the URL itself is never shown."""
+    # Imported here: a poll process reads these settings, but has no database, and SQLAlchemy
+    # would cost it 14 MB.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     raw = raw.strip()
     try:
         parsed = make_url(raw)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -238,3 +240,16 @@ def test_a_daemon_stopped_by_sigterm_finishes_and_ends_its_poll_processes(sim, s
     assert daemon.terminate() == 0
     assert not alive(child)
     assert "exited with code" not in daemon.stderr()
+
+
+def test_a_poll_process_loads_no_database_code():
+    # SQLAlchemy alone would cost each poll process 14 MB.
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, monitor.poll_worker; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    assert "'sqlalchemy'" not in loaded
+    assert "'monitor.aws'" in loaded
