@@ -16,6 +16,7 @@ is started again by the next request, and the requests it had in flight fail as
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -106,7 +107,7 @@ class PollProcess:
             running, self._running = self._running, None
         if running is None:
             return
-        running.requests.close()
+        _close_quietly(running.requests)
         try:
             running.process.wait(_EXIT_SECONDS)
         except subprocess.TimeoutExpired:
@@ -136,8 +137,12 @@ class PollProcess:
             os.close(requests_read)
             os.close(replies_write)
         running = _Running(process, os.fdopen(requests_write, "wb"), os.fdopen(replies_read, "rb"))
-        running.requests.write(frame(self._setup))
-        running.requests.flush()
+        try:
+            running.requests.write(frame(self._setup))
+            running.requests.flush()
+        except OSError:
+            # It exited at once: its reader fails the request that started it.
+            pass
         threading.Thread(
             target=self._read, args=(running,), name=f"poll-process-{self.number}", daemon=True
         ).start()
@@ -160,6 +165,7 @@ class PollProcess:
         except (OSError, ValueError, EOFError):
             # A closed pipe or a torn frame: the process is gone either way.
             pass
+        _close_quietly(running.replies)
         with self._lock:
             exited = self._running is running
             if exited:
@@ -167,7 +173,7 @@ class PollProcess:
         if not exited:
             return  # closed on purpose
         code = running.process.wait()
-        running.requests.close()
+        _close_quietly(running.requests)
         log.error(
             "poll process %d (pid %d) exited with code %d; its polls in flight failed, "
             "and the next poll starts it again",
@@ -185,6 +191,12 @@ class PollProcess:
             pending, running.pending = running.pending, {}
         for request_id, future in pending.items():
             future.set_result(Reply(request_id, error=(error.code, error.message)))
+
+
+def _close_quietly(stream: IO[bytes]) -> None:
+    # What it still buffers is for a process that is gone.
+    with contextlib.suppress(OSError):
+        stream.close()
 
 
 class RemoteSource:
