@@ -145,36 +145,55 @@ def _base_session(target: TargetSettings, key: str) -> tuple[BotocoreSession, st
     return session, region or None
 
 
+class BaseSessions:
+    """The sessions targets start from, one per profile, and their STS clients, one per
+    (profile, region): shared by the targets of one config.
+
+    A hundred targets assuming roles from the default chain make one session and one STS
+    client instead of a hundred of each (each STS client is about 0.15 MB and 15 ms). The STS
+    clients are made on first use, so a target whose source credentials are missing fails
+    at its poll (and is recorded as such), not when the monitor starts; they use the botocore
+    config of the first target that asks, which all targets of one config share. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[str | None, tuple[BotocoreSession, str | None]] = {}
+        self._sts: dict[tuple[str | None, str], Any] = {}
+
+    def session(self, target: TargetSettings, key: str) -> tuple[BotocoreSession, str | None]:
+        """The session of the target's profile (or of the default chain) and its region."""
+        with self._lock:
+            found = self._sessions.get(target.profile)
+            if found is None:
+                found = self._sessions[target.profile] = _base_session(target, key)
+            return found
+
+    def sts(self, profile: str | None, region: str, config: Config) -> Any:
+        """The STS client of `profile`'s session in `region`; after `session()` for it."""
+        with self._lock:
+            client = self._sts.get((profile, region))
+            if client is None:
+                session, _ = self._sessions[profile]
+                client = session.create_client("sts", region_name=region, config=config)
+                self._sts[(profile, region)] = client
+            return client
+
+
 class _AssumeRole:
     """Refreshes the role's credentials: one AssumeRole with the base session's identity.
 
-    The STS client is made on first use, so a target whose source credentials are missing
-    fails at its poll (and is recorded as such), not when the monitor starts. botocore calls
-    it under the credentials' refresh lock, one caller at a time.
+    botocore calls it under the credentials' refresh lock, one caller at a time.
     """
 
-    def __init__(
-        self,
-        base: BotocoreSession,
-        role_arn: str,
-        external_id: str | None,
-        region: str,
-        config: Config,
-    ) -> None:
-        self._base = base
-        self._region = region
-        self._config = config
-        self._sts: Any = None
+    def __init__(self, sts: Callable[[], Any], role_arn: str, external_id: str | None) -> None:
+        self._sts = sts
         self._request = {"RoleArn": role_arn, "RoleSessionName": ROLE_SESSION_NAME}
         if external_id is not None:
             self._request["ExternalId"] = external_id
 
     def __call__(self) -> dict[str, str]:
-        if self._sts is None:
-            self._sts = self._base.create_client(
-                "sts", region_name=self._region, config=self._config
-            )
-        credentials = self._sts.assume_role(**self._request)["Credentials"]
+        credentials = self._sts().assume_role(**self._request)["Credentials"]
         return {
             "access_key": credentials["AccessKeyId"],
             "secret_key": credentials["SecretAccessKey"],
@@ -184,18 +203,12 @@ class _AssumeRole:
 
 
 def _role_session(
-    base: BotocoreSession,
-    role_arn: str,
-    target: TargetSettings,
-    region: str,
-    *,
-    config: Config,
-    clock: Clock,
+    sts: Callable[[], Any], role_arn: str, target: TargetSettings, *, clock: Clock
 ) -> BotocoreSession:
     # A session of its own whose only credential provider is the role, with the target's
     # profile so the rest of that profile's settings still apply.
     session = _new_session(target.profile)
-    refresh = _AssumeRole(base, role_arn, target.external_id, region, config)
+    refresh = _AssumeRole(sts, role_arn, target.external_id)
     provider = _AssumedRoleProvider(refresh, clock)
     session.register_component("credential_provider", CredentialResolver([provider]))
     return session
@@ -245,6 +258,8 @@ class TargetSource:
     are thread-safe once made. `clock` is what assumed-role credentials are checked for
     expiry against (tests move it). `rate_limits` holds the buckets its EC2 requests draw on:
     one per account and region, shared with every other target reaching that account there.
+    `sessions`: the base sessions it shares with the other targets of its config (default:
+    its own).
     """
 
     def __init__(
@@ -255,13 +270,15 @@ class TargetSource:
         *,
         clock: Clock = _utc_now,
         rate_limits: RateLimits = PROCESS_RATE_LIMITS,
+        sessions: BaseSessions | None = None,
     ) -> None:
         self.key = target.name or f"targets[{index}]"
         self._rate_limits = rate_limits
         self.settings = target
         self._config_key = f"targets[{index}]"
         self._aws = aws
-        base, default_region = _base_session(target, self._config_key)
+        self._sessions = sessions or BaseSessions()
+        base, default_region = self._sessions.session(target, self._config_key)
         regions = target.regions or ((default_region,) if default_region else ())
         if not regions:
             raise ConfigError(
@@ -280,14 +297,7 @@ class TargetSource:
         self._session = (
             base
             if target.role_arn is None
-            else _role_session(
-                base,
-                target.role_arn,
-                target,
-                self.regions[0],
-                config=self._botocore_config,
-                clock=clock,
-            )
+            else _role_session(self._sts, target.role_arn, target, clock=clock)
         )
         self._lock = threading.Lock()
         self._clients: dict[str, Any] = {}
@@ -295,24 +305,20 @@ class TargetSource:
             _role_account(target.role_arn) if target.role_arn is not None else None
         )
 
-    def _client(self, service: str, region: str) -> Any:
-        name = f"{service}/{region}"
+    def _ec2(self, region: str) -> Any:
+        """The target's EC2 client in `region`, made on first use and kept."""
         with self._lock:
-            client = self._clients.get(name)
+            client = self._clients.get(region)
             if client is None:
-                endpoint = self._aws.endpoint_url if service == "ec2" else None
                 client = self._session.create_client(
-                    service,
+                    "ec2",
                     region_name=region,
                     config=self._botocore_config,
-                    endpoint_url=endpoint,
+                    endpoint_url=self._aws.endpoint_url,
                 )
-                if service == "ec2":
-                    # First, so the token is taken before any other handler sends or answers.
-                    client.meta.events.register_first(
-                        _BEFORE_EACH_ATTEMPT, self._token_taker(region)
-                    )
-                self._clients[name] = client
+                # First, so the token is taken before any other handler sends or answers.
+                client.meta.events.register_first(_BEFORE_EACH_ATTEMPT, self._token_taker(region))
+                self._clients[region] = client
             return client
 
     def _token_taker(self, region: str) -> Callable[..., None]:
@@ -331,11 +337,15 @@ class TargetSource:
         owner = self._account_id or f"target {self.key}"
         return self._rate_limits.bucket(owner, region)
 
+    def _sts(self) -> Any:
+        """The STS client of the target's base session (its profile or the default chain)."""
+        return self._sessions.sts(self.settings.profile, self.regions[0], self._botocore_config)
+
     def account_id(self) -> str:
         """The target's account id: from the role ARN, else asked of STS once and kept."""
         if self._account_id is None:
             try:
-                identity = self._client("sts", self.regions[0]).get_caller_identity()
+                identity = self._sts().get_caller_identity()
             except Exception as exc:
                 raise translate(exc) from exc
             self._account_id = str(identity["Account"])
@@ -366,7 +376,7 @@ class TargetSource:
         A `NextToken` seen before, on any earlier page of this describe, is a `SourceError`
         (`RepeatedNextToken`) rather than an endless loop.
         """
-        client = self._client("ec2", region)
+        client = self._ec2(region)
         request = self._request()
         items: list[RawImage] = []
         seen: set[str] = set()
@@ -392,7 +402,7 @@ class TargetSource:
     def check(self, region: str) -> CheckOutcome:
         """DryRun DescribeFastLaunchImages: `DryRunOperation` means the caller is permitted."""
         try:
-            self._client("ec2", region).describe_fast_launch_images(DryRun=True)
+            self._ec2(region).describe_fast_launch_images(DryRun=True)
         except ClientError as exc:
             error = translate(exc)
             if error.code == "DryRunOperation":

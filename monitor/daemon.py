@@ -34,7 +34,7 @@ from sqlalchemy import Engine
 
 from monitor.alerts.dispatcher import Dispatcher
 from monitor.alerts.rules import Receiver, alert_policy
-from monitor.aws import Source, TargetSource
+from monitor.aws import BaseSessions, Source, TargetSource
 from monitor.current import CurrentState
 from monitor.cycle import Clock, Cycle, CycleResult, utc_now
 from monitor.errors import ConfigError, StoreError
@@ -84,7 +84,10 @@ def hung_after(monitor: MonitorSettings) -> float:
 
 def build_sources(settings: Settings) -> list[TargetSource]:
     """One `TargetSource` per configured target; raises `ConfigError` for unusable targets."""
-    return [TargetSource(i, t, settings.aws) for i, t in enumerate(settings.targets)]
+    sessions = BaseSessions()
+    return [
+        TargetSource(i, t, settings.aws, sessions=sessions) for i, t in enumerate(settings.targets)
+    ]
 
 
 def _alert_policy(settings: Settings) -> AlertPolicy | None:

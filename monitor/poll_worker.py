@@ -18,7 +18,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, NoReturn
 
-from monitor.aws import TargetSource
+from monitor.aws import BaseSessions, TargetSource
 from monitor.errors import SourceError
 from monitor.logs import setup_logging
 from monitor.malloc import return_large_buffers
@@ -49,7 +49,11 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     if not isinstance(setup, Setup):
         return
     setup_logging(setup.log_level, setup.log_format)
-    sources = {index: TargetSource(index, target, setup.aws) for index, target in setup.targets}
+    sessions = BaseSessions()
+    sources = {
+        index: TargetSource(index, target, setup.aws, sessions=sessions)
+        for index, target in setup.targets
+    }
     sending = threading.Lock()
 
     def run(request: Request) -> None:

@@ -6,10 +6,11 @@ import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from monitor.aws import ROLE_SESSION_NAME, TargetSource
+from monitor.aws import ROLE_SESSION_NAME, BaseSessions, TargetSource
 from monitor.errors import ConfigError, SourceError
 from monitor.ratelimit import RateLimits
 from monitor.settings import AwsSettings, TargetSettings
@@ -122,6 +123,38 @@ def test_two_assumed_roles_each_see_only_their_own_accounts_images(clock: Manual
     assert ids(second.describe(REGION)[0]) == sorted(second_images)
     assert (first.account_id(), second.account_id()) == (FIRST, SECOND)
     assert first.scope(REGION).target == "first"
+
+
+def test_targets_of_one_config_share_their_base_session_and_sts_client(
+    clock: ManualClock,
+) -> None:
+    first_images = simulator_for(FIRST, REGION).seed(2)
+    second_images = simulator_for(SECOND, REGION).seed(1)
+    sessions = BaseSessions()
+    used: list[object] = []
+    sts = sessions.sts
+
+    def recording_sts(*args: Any) -> Any:
+        client = sts(*args)
+        used.append(client)
+        return client
+
+    sessions.sts = recording_sts  # type: ignore[method-assign]
+    targets = [
+        TargetSource(i, TargetSettings(role_arn=role_arn(account)), NO_RETRIES, sessions=sessions)
+        for i, account in enumerate((FIRST, SECOND))
+    ]
+    default_chain = TargetSource(2, TargetSettings(), NO_RETRIES, sessions=sessions)
+
+    assert [ids(t.describe(REGION)[0]) for t in targets] == [
+        sorted(first_images),
+        sorted(second_images),
+    ]
+    assert default_chain.account_id() == ACCOUNT
+    # Three targets, one STS client: two roles assumed through it, one identity asked.
+    assert len(used) == 3
+    assert len({id(client) for client in used}) == 1
+    assert (assume_role_calls(FIRST), assume_role_calls(SECOND)) == (1, 1)
 
 
 def test_the_role_is_assumed_once_and_reused_across_describes_and_regions(
