@@ -37,6 +37,28 @@ ScopeKey = tuple[str, str]
 MAX_BACKOFF_SECONDS = 3600.0
 
 
+#: A cycle that kept its process busy this share of its wall time used one core whole.
+CPU_BOUND_SHARE = 0.9
+
+#: Shorter cycles say nothing about the machine: a burst of first sights, a small fleet.
+CPU_BOUND_MIN_SECONDS = 1.0
+
+
+def poll_processes_advice(
+    wall: float, cpu: float, *, poll_processes: int, cores: int
+) -> str | None:
+    """What to say when a cycle polled in the daemon's own process and kept one core busy
+    (`cpu` seconds of the process in `wall` seconds) on a machine of more `cores`."""
+    if poll_processes or cores < 2 or wall < CPU_BOUND_MIN_SECONDS:
+        return None
+    if cpu < CPU_BOUND_SHARE * wall:
+        return None
+    return (
+        f"the poll cycle kept one core busy ({cpu:.1f} s of CPU in {wall:.1f} s): set "
+        f"[monitor] poll_processes = {cores} to spread its AWS requests over all {cores} cores"
+    )
+
+
 def utc_now() -> datetime:
     """The wall clock, as an aware UTC datetime."""
     return datetime.now(UTC)

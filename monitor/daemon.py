@@ -36,7 +36,7 @@ from monitor.alerts.dispatcher import Dispatcher
 from monitor.alerts.rules import Receiver, alert_policy
 from monitor.aws import BaseSessions, Source, TargetSource
 from monitor.current import CurrentState
-from monitor.cycle import Clock, Cycle, CycleResult, utc_now
+from monitor.cycle import Clock, Cycle, CycleResult, poll_processes_advice, utc_now
 from monitor.errors import ConfigError, StoreError
 from monitor.http import HttpServer, Readiness, serve
 from monitor.leader import Leadership, leadership_for
@@ -271,6 +271,7 @@ class Daemon:
                 "leadership": SchedulerPool(1),
             },
         )
+        self._advised = False
         self._idle = threading.Event()
         self._idle.set()
         self._dispatch_idle = threading.Event()
@@ -300,7 +301,9 @@ class Daemon:
             self._progress = time.monotonic()
             self._idle.clear()
         try:
+            started, cpu = time.monotonic(), time.process_time()
             result = cycle.run()
+            self._advise(time.monotonic() - started, time.process_time() - cpu)
             dispatcher = self._rt.dispatcher
             if dispatcher is not None and result.transitions:
                 # The cycle may have enqueued alerts: the pending gauge shows them at once.
@@ -326,6 +329,18 @@ class Daemon:
                 cycle.close()
             self._rt.metrics.forget_scopes(dropped)
             self._idle.set()
+
+    def _advise(self, wall: float, cpu: float) -> None:
+        """Say once if cycles outgrow one core while more are idle."""
+        advice = poll_processes_advice(
+            wall,
+            cpu,
+            poll_processes=self._rt.settings.monitor.poll_processes,
+            cores=os.cpu_count() or 1,
+        )
+        if advice is not None and not self._advised:
+            self._advised = True
+            log.info(advice)
 
     def _dispatch_job(self) -> None:
         if self._rt.stop.is_set() or not self._leading:

@@ -15,7 +15,14 @@ import pytest
 
 from monitor.aws import RawImage, TargetSource
 from monitor.current import CurrentState
-from monitor.cycle import MAX_BACKOFF_SECONDS, Backoff, Cycle, CycleResult, backoff_seconds
+from monitor.cycle import (
+    MAX_BACKOFF_SECONDS,
+    Backoff,
+    Cycle,
+    CycleResult,
+    backoff_seconds,
+    poll_processes_advice,
+)
 from monitor.errors import StoreError
 from monitor.metrics import MAX_PARALLEL_LAUNCHES, STATE, TARGET_RESOURCE_COUNT, build_registry
 from monitor.model import REMOVED, AppliedPoll, PollResult
@@ -604,3 +611,26 @@ def test_without_an_interval_every_scope_is_polled_every_cycle(
         results = [mon.cycle.run() for _ in range(4)]
 
     assert [polled_targets(result) for result in results] == [["failing", "healthy"]] * 4
+
+
+def test_a_cycle_that_kept_one_core_busy_on_a_larger_machine_advises_poll_processes() -> None:
+    advice = poll_processes_advice(2.5, 2.4, poll_processes=0, cores=4)
+
+    assert advice is not None
+    assert "2.4 s of CPU in 2.5 s" in advice
+    assert "poll_processes = 4" in advice
+
+
+@pytest.mark.parametrize(
+    ("wall", "cpu", "poll_processes", "cores"),
+    [
+        (2.5, 1.5, 0, 4),  # waiting for AWS, not computing
+        (0.5, 0.5, 0, 4),  # too short a cycle to tell
+        (2.5, 2.4, 2, 4),  # already in poll processes
+        (2.5, 2.4, 0, 1),  # no other core to use
+    ],
+)
+def test_no_advice_when_more_processes_would_not_help(
+    wall: float, cpu: float, poll_processes: int, cores: int
+) -> None:
+    assert poll_processes_advice(wall, cpu, poll_processes=poll_processes, cores=cores) is None
