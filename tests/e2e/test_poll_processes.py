@@ -32,7 +32,9 @@ from tests.e2e.conftest import (
     REGION,
     TARGET,
     aws_env,
+    cli,
     wait_for,
+    write_config,
 )
 from tests.processes import alive, children_of
 
@@ -253,3 +255,22 @@ def test_a_poll_process_loads_no_database_code():
 
     assert "'sqlalchemy'" not in loaded
     assert "'monitor.aws'" in loaded
+
+
+def test_poll_through_a_poll_process_records_the_same_cycle_and_exits(
+    sim, simulator_server, tmp_path
+):
+    sim.seed(450)
+    env = aws_env(simulator_server.endpoint_url)
+    config = write_config(
+        tmp_path,
+        simulator_server.endpoint_url,
+        f"sqlite:///{tmp_path / 'history.sqlite3'}",
+        monitor=f"{DEFAULT_MONITOR}\npoll_processes = 1",
+    )
+
+    result = cli(config, "poll", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert f"{TARGET}/{REGION}: ok, 450 images in 3 pages, 450 transitions" in result.stdout
+    assert "poll process 0 started" in result.stderr
