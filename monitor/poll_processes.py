@@ -162,9 +162,11 @@ class PollProcess:
                     future = running.pending.pop(reply.id, None)
                 if future is not None:
                     future.set_result(reply)
-        except (OSError, ValueError, EOFError):
-            # A closed pipe or a torn frame: the process is gone either way.
-            pass
+        except Exception:
+            # A reply that cannot be read leaves the stream unusable: end the process, and
+            # with it every request it holds, as if it had died.
+            log.exception("poll process %d sent an unreadable reply", self.number)
+            running.process.kill()
         _close_quietly(running.replies)
         with self._lock:
             exited = self._running is running

@@ -57,7 +57,13 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     sending = threading.Lock()
 
     def run(request: Request) -> None:
-        data = frame(answer(sources, request))
+        reply = answer(sources, request)
+        try:
+            data = frame(reply)
+        except Exception as exc:
+            # Never leave the daemon waiting: a reply that cannot be sent is a failed one.
+            log.exception("reply %d could not be sent", request.id)
+            data = frame(Reply(request.id, error=(type(exc).__name__, "unsendable reply")))
         try:
             with sending:
                 replies.write(data)

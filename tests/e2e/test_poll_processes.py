@@ -9,6 +9,8 @@ next cycle recovers from.
 from __future__ import annotations
 
 import os
+import pickle
+import select
 import signal
 import socket
 import subprocess
@@ -17,13 +19,16 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 import pytest
 
+from monitor import poll_processes, poll_worker
 from monitor.aws import TargetSource
 from monitor.errors import SourceError
 from monitor.model import Scope
 from monitor.poll_processes import PollProcesses
+from monitor.poll_protocol import Reply, Request, Setup, frame, read_frame
 from monitor.settings import AwsSettings, TargetSettings
 from monitor.simulator import SimulatorServer
 from tests.e2e.conftest import (
@@ -274,3 +279,62 @@ def test_poll_through_a_poll_process_records_the_same_cycle_and_exits(
     assert result.returncode == 0, result.stderr
     assert f"{TARGET}/{REGION}: ok, 450 images in 3 pages, 450 transitions" in result.stdout
     assert "poll process 0 started" in result.stderr
+
+
+def pipe() -> tuple[IO[bytes], IO[bytes]]:
+    read, write = os.pipe()
+    return os.fdopen(read, "rb"), os.fdopen(write, "wb")
+
+
+def test_a_reply_that_cannot_be_pickled_is_sent_as_a_failure(monkeypatch):
+    monkeypatch.setattr(poll_worker, "setup_logging", lambda level, fmt: None)
+    monkeypatch.setattr(
+        poll_worker, "answer", lambda sources, request: Reply(request.id, value=lambda: None)
+    )
+    requests_read, requests_write = pipe()
+    replies_read, replies_write = pipe()
+    serving = threading.Thread(target=poll_worker.serve, args=(requests_read, replies_write))
+    serving.start()
+    try:
+        requests_write.write(frame(Setup((), AwsSettings(), 1, "INFO", "text")))
+        requests_write.write(frame(Request(7, 0, "account", "")))
+        requests_write.flush()
+        ready, _, _ = select.select([replies_read], [], [], 20)
+        assert ready, "no reply: the daemon would wait for it forever"
+        reply = read_frame(replies_read)
+    finally:
+        requests_write.close()
+        serving.join(timeout=10)
+        for stream in (requests_read, replies_read, replies_write):
+            stream.close()
+
+    assert reply.id == 7
+    assert reply.error[0] in ("PicklingError", "AttributeError")
+
+
+def test_an_unreadable_reply_ends_the_poll_process_and_fails_its_requests(
+    sim, simulator_server, aws_environment, started, monkeypatch
+):
+    def torn(stream):
+        raise pickle.UnpicklingError("torn frame")
+
+    monkeypatch.setattr(poll_processes, "read_frame", torn)
+    target = TargetSettings(name=TARGET, regions=(REGION,))
+    remote = spread(started, [target], simulator_aws(simulator_server)).sources[0]
+
+    failed: list[SourceError] = []
+
+    def describe() -> None:
+        try:
+            remote.describe(REGION)
+        except SourceError as exc:
+            failed.append(exc)
+
+    # A thread of its own: a reader that died without failing the request would leave it
+    # waiting for ever.
+    polling = threading.Thread(target=describe, daemon=True)
+    polling.start()
+    polling.join(timeout=20)
+
+    assert [error.code for error in failed] == ["PollProcessExited"]
+    wait_for(lambda: remote.process.pid is None, what="the process to be ended")
