@@ -45,11 +45,11 @@ _EXIT_SECONDS = 5.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-def placement(target: TargetSettings) -> str:
+def placement(source: TargetSource) -> str:
     """What decides a target's poll process: the account its role names, else its profile."""
-    if target.role_arn is not None:
-        return "account " + target.role_arn.split(":")[4]
-    return f"profile {target.profile or ''}"
+    if source.known_account_id:
+        return f"account {source.known_account_id}"
+    return f"profile {source.settings.profile or ''}"
 
 
 @dataclass(slots=True)
@@ -245,10 +245,13 @@ class PollProcesses:
         processes: int,
         threads: int,
     ) -> None:
-        numbers: dict[str, int] = {}
+        by_placement: dict[str, int] = {}
+        numbers = [
+            by_placement.setdefault(placement(source), len(by_placement) % processes)
+            for source in sources
+        ]
         placed: list[list[tuple[int, TargetSettings]]] = [[] for _ in range(processes)]
-        for index, source in enumerate(sources):
-            number = numbers.setdefault(placement(source.settings), len(numbers) % processes)
+        for index, (source, number) in enumerate(zip(sources, numbers, strict=True)):
             placed[number].append((index, source.settings))
         level, log_format = configured()
         self.processes = tuple(
@@ -256,8 +259,8 @@ class PollProcesses:
             for number, targets in enumerate(placed)
         )
         self.sources = tuple(
-            RemoteSource(source, index, self.processes[numbers[placement(source.settings)]])
-            for index, source in enumerate(sources)
+            RemoteSource(source, index, self.processes[number])
+            for index, (source, number) in enumerate(zip(sources, numbers, strict=True))
         )
 
     def close(self) -> None:
