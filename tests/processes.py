@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from tests.fakes import wait_for
@@ -45,11 +44,12 @@ def _ready(url: str) -> bool:
 
 def start_on_free_port(
     tool: str,
-    command: Callable[[int], list[str]],
+    command: list[str],
     log: Path,
     started: list[subprocess.Popen[bytes]],
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Run `command(port)` on a free loopback port until it answers `GET /-/ready`.
+    """Run a Prometheus-family `command` (Prometheus, Alertmanager) listening on a free loopback
+    port (its `--web.listen-address`) until it answers `GET /-/ready`.
 
     The free port is found before the tool binds it, so another process may take it in
     between: then the tool exits at once and another port is tried. Every process started is
@@ -58,7 +58,11 @@ def start_on_free_port(
     for attempt in range(1, START_ATTEMPTS + 1):
         port = free_port()
         with log.open("wb") as stderr:
-            process = subprocess.Popen(command(port), stdout=subprocess.DEVNULL, stderr=stderr)
+            process = subprocess.Popen(
+                [*command, f"--web.listen-address=127.0.0.1:{port}"],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
         started.append(process)
         url = f"http://127.0.0.1:{port}"
         wait_for(

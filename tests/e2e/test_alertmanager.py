@@ -114,12 +114,7 @@ def start_alertmanager(
             "--cluster.listen-address=",
             "--log.level=debug",
         ]
-        process, url = start_on_free_port(
-            "Alertmanager",
-            lambda port: [*command, f"--web.listen-address=127.0.0.1:{port}"],
-            log,
-            started,
-        )
+        process, url = start_on_free_port("Alertmanager", command, log, started)
         return Alertmanager(process, url, log)
 
     yield start

@@ -230,12 +230,7 @@ def start_prometheus(
             f"--config.file={config}",
             f"--storage.tsdb.path={tmp_path / name}",
         ]
-        process, url = start_on_free_port(
-            "Prometheus",
-            lambda port: [*command, f"--web.listen-address=127.0.0.1:{port}"],
-            log,
-            started,
-        )
+        process, url = start_on_free_port("Prometheus", command, log, started)
         return Prometheus(process, url, log)
 
     yield start
