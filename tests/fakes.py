@@ -108,6 +108,24 @@ def wait_for(
     return value
 
 
+def raised_within(call: Callable[[], object], timeout: float, what: str) -> BaseException | None:
+    """What `call()` raised (None if nothing), run in a thread of its own so that a call that
+    never returns fails the test after `timeout` s instead of hanging the run."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"{what} after {timeout} s"
+    return raised[0] if raised else None
+
+
 class GatedSource(TargetSource):
     """A real target whose describes wait at a gate until `release()`, to hold a poll in flight."""
 

@@ -41,6 +41,7 @@ from tests.e2e.conftest import (
     wait_for,
     write_config,
 )
+from tests.fakes import raised_within
 from tests.processes import alive, children_of
 
 pytestmark = pytest.mark.slow
@@ -322,19 +323,9 @@ def test_an_unreadable_reply_ends_the_poll_process_and_fails_its_requests(
     target = TargetSettings(name=TARGET, regions=(REGION,))
     remote = spread(started, [target], simulator_aws(simulator_server)).sources[0]
 
-    failed: list[SourceError] = []
+    # Bounded: a reader that died without failing the request would leave it waiting for ever.
+    error = raised_within(lambda: remote.describe(REGION), 20, "the describe still waits")
 
-    def describe() -> None:
-        try:
-            remote.describe(REGION)
-        except SourceError as exc:
-            failed.append(exc)
-
-    # A thread of its own: a reader that died without failing the request would leave it
-    # waiting for ever.
-    polling = threading.Thread(target=describe, daemon=True)
-    polling.start()
-    polling.join(timeout=20)
-
-    assert [error.code for error in failed] == ["PollProcessExited"]
+    assert isinstance(error, SourceError)
+    assert error.code == "PollProcessExited"
     wait_for(lambda: remote.process.pid is None, what="the process to be ended")
