@@ -8,6 +8,8 @@ next cycle recovers from.
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import pickle
 import select
@@ -23,13 +25,14 @@ from typing import IO
 
 import pytest
 
+from monitor import daemon as daemon_module
 from monitor import poll_processes, poll_worker
 from monitor.aws import TargetSource
 from monitor.errors import SourceError
 from monitor.model import Scope
 from monitor.poll_processes import PollProcesses
 from monitor.poll_protocol import Reply, Request, Setup, frame, read_frame
-from monitor.settings import AwsSettings, TargetSettings
+from monitor.settings import AwsSettings, TargetSettings, parse_settings
 from monitor.simulator import SimulatorServer
 from tests.e2e.conftest import (
     ACCOUNT,
@@ -329,3 +332,34 @@ def test_an_unreadable_reply_ends_the_poll_process_and_fails_its_requests(
     assert isinstance(error, SourceError)
     assert error.code == "PollProcessExited"
     wait_for(lambda: remote.process.pid is None, what="the process to be ended")
+
+
+def test_the_daemon_gives_its_poll_processes_advice_once_however_many_cycles_earn_it(
+    sim, simulator_server, aws_environment, tmp_path, monkeypatch, caplog
+):
+    # Every cycle earns it here, whatever this machine's load: what is tested is that each
+    # cycle's CPU and wall reach the advice, and that it is said once.
+    measured: list[tuple[float, float]] = []
+
+    def always(wall, cpu, *, poll_processes, cores):
+        measured.append((wall, cpu))
+        return "set poll_processes"
+
+    monkeypatch.setattr(daemon_module, "poll_processes_advice", always)
+    config = write_config(
+        tmp_path, simulator_server.endpoint_url, f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    )
+    settings = parse_settings(config.read_text(), source=str(config), env={}, base_dir=tmp_path)
+    daemon = daemon_module.Daemon(daemon_module.open_runtime(settings))
+    caplog.set_level(logging.INFO, logger="monitor.daemon")
+    try:
+        daemon.start()
+        wait_for(lambda: daemon.cycles >= 3, what="three cycles")
+    finally:
+        assert daemon.shutdown()
+        # open_runtime froze the heap for a long-lived daemon; this process is a test run.
+        gc.unfreeze()
+
+    assert len(measured) >= 3
+    assert all(wall > 0 and cpu > 0 for wall, cpu in measured)
+    assert caplog.text.count("set poll_processes") == 1
