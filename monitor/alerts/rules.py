@@ -13,13 +13,16 @@ key makes writing the same alert twice (a poll applied twice, two instances raci
 the outbox; the event id is derived from it, so it is the same for every copy.
 
 Each firing has at most one resolve: a new failure of an image fires again without resolving
-the earlier alert, and the next resolve resolves the newest. The rules see the stored images,
-not the outbox, so the `since` they give a resolve is provisional: the stored transition time,
-or this poll's time when AWS gave none (the firing was keyed by the time of the poll that first
-saw the failure); and a stuck alert may never have fired (no poll saw the image stuck before it
-moved on). The store pairs each resolve with its firing as it writes it
-(`monitor.store.outbox.insert_alerts`): re-keyed by the `since` of the newest firing of its
-alert (`AlertEvent.resolving`), or dropped when nothing fired.
+the earlier alert, and the next resolve resolves the newest. An image that comes back in the
+very state (and transition time) whose alert was resolved fires again: the store counts such
+returns as the alert's episodes, so a firing after a resolve is never taken for the one before.
+The rules see the stored images, not the outbox, so the `since` they give a resolve is
+provisional: the stored transition time, or this poll's time when AWS gave none (the firing was
+keyed by the time of the poll that first saw the failure); and a stuck alert may never have
+fired (no poll saw the image stuck before it moved on). The store pairs each resolve with its
+firing as it writes it (`monitor.store.outbox.insert_alerts`): re-keyed by the `since` and
+episode of the newest firing of its alert (`AlertEvent.resolving`), or dropped when nothing
+fired.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class AlertKey:
     """What makes an alert unique: the outbox's unique key, and the source of its event id.
 
     `state` and `since` name the failing (or stuck) state the alert is about, for a resolve too.
+    `episode` tells apart the firings of one alert that a resolve separates (an image that came
+    back in the state it left); the store sets it, the rules leave it 0.
     """
 
     receiver: str
@@ -71,11 +76,12 @@ class AlertKey:
     state: str
     since: datetime
     status: str
+    episode: int = 0
 
     @property
     def event_id(self) -> str:
         """The same key always gives the same id, in every process."""
-        parts = (
+        parts = [
             self.receiver,
             self.scope.account_id,
             self.scope.region,
@@ -84,7 +90,10 @@ class AlertKey:
             self.state,
             rfc3339(self.since) or "",
             self.status,
-        )
+        ]
+        if self.episode:
+            # The first episode keeps the ids alerts had before episodes were counted.
+            parts.append(str(self.episode))
         return str(uuid.uuid5(_EVENT_NAMESPACE, "\x1f".join(parts)))
 
 
@@ -103,9 +112,18 @@ class AlertEvent:
     def event_id(self) -> str:
         return self.key.event_id
 
-    def resolving(self, since: datetime) -> AlertEvent:
-        """This resolve keyed by the firing it resolves, which was keyed by `since`."""
-        key = replace(self.key, since=since)
+    def resolving(self, since: datetime, episode: int) -> AlertEvent:
+        """This resolve keyed by the firing it resolves, which was keyed by `since` and
+        `episode`."""
+        return self._rekeyed(replace(self.key, since=since, episode=episode))
+
+    def in_episode(self, episode: int) -> AlertEvent:
+        """This firing as the `episode`-th of its alert."""
+        return self._rekeyed(replace(self.key, episode=episode))
+
+    def _rekeyed(self, key: AlertKey) -> AlertEvent:
+        if key == self.key:
+            return self
         return AlertEvent(key=key, payload={**self.payload, "event_id": key.event_id})
 
 

@@ -43,7 +43,7 @@ FAILED = "failed"
 _o = alert_outbox
 
 
-#: Image ids per statement when looking up the firings of a poll's resolves.
+#: Image ids per statement when looking up the earlier alerts of a poll's images.
 _LOOKUP_CHUNK = 500
 
 #: (receiver, account, region, image, kind, state): what a resolve and its firing share.
@@ -62,52 +62,88 @@ def _alert(event: AlertEvent) -> _Alert:
     )
 
 
-def _newest_firings(
-    connection: Connection, resolves: Sequence[AlertEvent]
-) -> dict[_Alert, datetime]:
-    """The `since` of the newest (last written) firing row of each alert `resolves` are about."""
+@dataclass(slots=True)
+class _Earlier:
+    """What the outbox already holds of the alerts a poll's events are about."""
+
+    #: The `since` and episode of the newest (last written) firing row of each alert.
+    newest_firing: dict[_Alert, tuple[datetime, int]]
+    #: The highest episode of each alert's firings at one `since`.
+    episodes: dict[tuple[_Alert, datetime], int]
+    #: The (alert, since, episode) that a resolve row ended.
+    resolved: set[tuple[_Alert, datetime, int]]
+
+
+def _earlier(connection: Connection, events: Sequence[AlertEvent]) -> _Earlier:
     wanted: dict[tuple[str, str], set[str]] = {}
     receivers: set[str] = set()
-    for event in resolves:
+    for event in events:
         scope = event.key.scope
         wanted.setdefault((scope.account_id, scope.region), set()).add(event.key.image_id)
         receivers.add(event.key.receiver)
-    newest: dict[_Alert, datetime] = {}
+    earlier = _Earlier({}, {}, set())
     for (account_id, region), image_ids in wanted.items():
         ordered = sorted(image_ids)
         for start in range(0, len(ordered), _LOOKUP_CHUNK):
             rows = connection.execute(
-                select(_o.c.receiver, _o.c.image_id, _o.c.kind, _o.c.state, _o.c.transition_time)
+                select(
+                    _o.c.receiver,
+                    _o.c.image_id,
+                    _o.c.kind,
+                    _o.c.state,
+                    _o.c.transition_time,
+                    _o.c.episode,
+                    _o.c.status,
+                )
                 .where(
                     _o.c.receiver.in_(sorted(receivers)),
                     _o.c.account_id == account_id,
                     _o.c.region == region,
                     _o.c.image_id.in_(ordered[start : start + _LOOKUP_CHUNK]),
-                    _o.c.status == FIRING,
                 )
                 .order_by(_o.c.id)
             )
             for row in rows:
                 alert = (row.receiver, account_id, region, row.image_id, row.kind, row.state)
-                newest[alert] = row.transition_time
-    return newest
+                since, episode = row.transition_time, row.episode
+                if row.status == RESOLVED:
+                    earlier.resolved.add((alert, since, episode))
+                    continue
+                earlier.newest_firing[alert] = (since, episode)
+                known = earlier.episodes.get((alert, since), -1)
+                earlier.episodes[(alert, since)] = max(known, episode)
+    return earlier
 
 
 def _paired(connection: Connection, events: Sequence[AlertEvent]) -> list[AlertEvent]:
-    # Only the outbox knows which firing a resolve is about (see `monitor.alerts.rules`).
-    resolves = [event for event in events if event.key.status == RESOLVED]
-    if not resolves:
-        return list(events)
+    """`events` keyed by what the outbox knows: resolves by their firing, firings by episode.
+
+    Only the outbox knows which firing a resolve is about (see `monitor.alerts.rules`), and
+    whether a firing repeats one that is still open (the same alert again: left alone) or
+    follows its resolve (the image came back: a new episode, delivered again).
+    """
+    if not events:
+        return []
     # A poll's firings and resolves are never about one alert (a resolve is about the state
     # an image left, a firing about the state it is in), so earlier polls' rows are all there is.
-    newest = _newest_firings(connection, resolves)
+    earlier = _earlier(connection, events)
     paired: list[AlertEvent] = []
     for event in events:
-        if event.key.status != RESOLVED:
+        alert = _alert(event)
+        if event.key.status == RESOLVED:
+            newest = earlier.newest_firing.get(alert)
+            if newest is not None:
+                paired.append(event.resolving(*newest))
+            # Else nothing fired, so there is nothing to resolve: no receiver hears of it.
+            continue
+        since = event.key.since
+        episode = earlier.episodes.get((alert, since))
+        if episode is None:
             paired.append(event)
-        elif (since := newest.get(_alert(event))) is not None:
-            paired.append(event.resolving(since))
-        # Else nothing fired, so there is nothing to resolve: no receiver hears of it.
+        elif (alert, since, episode) in earlier.resolved:
+            paired.append(event.in_episode(episode + 1))
+        # Else this alert fired and is still open (a stuck image is seen stuck at every poll):
+        # it is in the outbox already, and its Alertmanager re-sends must go on.
     return paired
 
 
@@ -115,8 +151,9 @@ def insert_alerts(connection: Connection, events: Sequence[AlertEvent], now: dat
     """Enqueue `events` in the caller's transaction; an alert already there is left alone.
 
     Every resolve is first paired with the newest firing row of its alert (receiver, account,
-    region, image, kind, state): keyed by that firing's `since`, so it resolves that firing
-    and waits for it, or dropped when no firing exists. Only resolves cost a lookup.
+    region, image, kind, state): keyed by that firing's `since` and episode, so it resolves
+    that firing and waits for it, or dropped when no firing exists. A firing whose alert was
+    resolved before is the next episode of it; one whose alert is still open is dropped.
 
     A new alert about an image also ends the Alertmanager re-sends of that image's older alerts
     of the same kind: a resolve ends its firing, a new failure replaces the previous one.
@@ -156,6 +193,7 @@ def insert_alerts(connection: Connection, events: Sequence[AlertEvent], now: dat
                 "status": event.key.status,
                 "state": event.key.state,
                 "transition_time": event.key.since,
+                "episode": event.key.episode,
                 "payload": json.dumps(event.payload),
                 "created_at": now,
                 "next_attempt_at": now,
@@ -206,6 +244,7 @@ def _due(now: datetime, receivers: Collection[str]) -> Any:
         firing.c.kind == _o.c.kind,
         firing.c.state == _o.c.state,
         firing.c.transition_time == _o.c.transition_time,
+        firing.c.episode == _o.c.episode,
         firing.c.status == FIRING,
         firing.c.delivered_at.is_(None),
         firing.c.failed_at.is_(None),

@@ -188,9 +188,12 @@ alert_outbox = Table(
     Column("last_error", Text(), nullable=True),
     # Alertmanager wants firing alerts re-sent while they last: when the next one is due.
     Column("resend_at", UTCDateTime(), nullable=True),
+    # 0 for the first firing of an alert and its resolve; one more for each firing of the same
+    # alert (same image, state and transition time) after a resolve: the image came back.
+    Column("episode", Integer(), nullable=False, server_default=text("0")),
     CheckConstraint("kind IN ('failed', 'stuck')", name="kind"),
     CheckConstraint("status IN ('firing', 'resolved')", name="status"),
-    # One alert per receiver and transition, whatever retries or races happen upstream.
+    # One alert per receiver, transition and episode, whatever retries or races happen upstream.
     UniqueConstraint(
         "receiver",
         "account_id",
@@ -199,6 +202,7 @@ alert_outbox = Table(
         "kind",
         "state",
         "transition_time",
+        "episode",
         "status",
         name="uq_alert_outbox_alert",
     ),

@@ -120,7 +120,7 @@ def test_a_resolve_paired_with_its_firing_takes_that_firing_s_since_and_a_matchi
     recovered = image("enabled", NOW)
     diff = diff_images(previous, [recovered], NOW)
     (resolve,) = alerts_for_poll(SCOPE, previous, diff, [OPS], NOW, current=[recovered])
-    paired = resolve.resolving(T0)
+    paired = resolve.resolving(T0, 0)
     assert paired.key == replace(resolve.key, since=T0)
     assert paired.event_id != resolve.event_id
     assert paired.payload == {**resolve.payload, "event_id": paired.event_id}

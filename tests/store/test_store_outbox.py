@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from monitor.alerts.records import DeliveryOutcome
-from monitor.alerts.rules import AlertKey, Receiver, alert_policy
+from monitor.alerts.rules import AlertEvent, AlertKey, Receiver, alert_policy
 from monitor.model import FAILED_STATES, FastLaunchImage, PollResult, Scope
 from monitor.store import Store, create_engine_for, upgrade
-from monitor.store.outbox import DELIVERED, FAILED, RETRY, Outbox
+from monitor.store.outbox import DELIVERED, FAILED, RETRY, Outbox, insert_alerts
 from monitor.store.schema import alert_attempts, alert_outbox
 from tests.builders import T0, an_image
 
@@ -158,6 +158,82 @@ def test_a_resolve_after_a_repeated_failure_resolves_the_newest_firing(alerting,
         ("ops", "failed", "firing", "enabled-failed", again),
         ("ops", "failed", "resolved", "enabled-failed", again),
     ]
+
+
+def episodes(engine: Engine) -> list[tuple[str, str, int, str]]:
+    """(status, state, episode, event id) of every outbox row of receiver "ops", oldest first."""
+    o = alert_outbox.c
+    with engine.connect() as c:
+        found = c.execute(
+            select(o.status, o.state, o.episode, o.event_id)
+            .where(o.receiver == "ops")
+            .order_by(o.id)
+        )
+        return [tuple(row) for row in found]
+
+
+def test_an_image_that_comes_back_still_failed_after_its_removal_fires_again(alerting, engine):
+    # A spurious removal (or a real one) resolved the alert; the image is listed again in the
+    # same failed state with the same transition time: the receiver last heard "resolved".
+    gone, back = T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)
+    alerting.apply_poll(a_poll(an_image("enabling-failed", T0)), T0)
+    alerting.apply_poll(a_poll(at=gone), gone)
+    alerting.apply_poll(a_poll(an_image("enabling-failed", T0), at=back), back)
+    found = episodes(engine)
+    assert [row[:3] for row in found] == [
+        ("firing", "enabling-failed", 0),
+        ("resolved", "enabling-failed", 0),
+        ("firing", "enabling-failed", 1),
+    ]
+    assert len({row[3] for row in found}) == 3
+
+
+def test_each_return_of_a_failed_image_is_a_new_episode_resolved_by_its_own_resolve(
+    alerting, engine
+):
+    alerting.apply_poll(a_poll(an_image("enabled-failed", T0)), T0)
+    at = T0
+    for _ in range(2):
+        at += timedelta(minutes=1)
+        alerting.apply_poll(a_poll(at=at), at)
+        at += timedelta(minutes=1)
+        alerting.apply_poll(a_poll(an_image("enabled-failed", T0), at=at), at)
+    at += timedelta(minutes=1)
+    alerting.apply_poll(a_poll(an_image("enabled", at), at=at), at)
+    assert [row[:3] for row in episodes(engine)] == [
+        ("firing", "enabled-failed", 0),
+        ("resolved", "enabled-failed", 0),
+        ("firing", "enabled-failed", 1),
+        ("resolved", "enabled-failed", 1),
+        ("firing", "enabled-failed", 2),
+        ("resolved", "enabled-failed", 2),
+    ]
+
+
+def test_a_firing_of_an_alert_still_open_is_not_enqueued_again(engine):
+    # However the same firing comes to be written again (a second writer, a stuck image seen
+    # stuck at every poll), while its alert is open it is the same alert: no new episode.
+    firing = AlertEvent(
+        AlertKey("ops", SCOPE, "ami-1", "failed", "enabled-failed", T0, "firing"), {"n": 1}
+    )
+    for _ in range(2):
+        with engine.begin() as connection:
+            insert_alerts(connection, [firing], T0)
+    assert [row[:3] for row in episodes(engine)] == [("firing", "enabled-failed", 0)]
+
+
+def test_a_stuck_alert_seen_stuck_again_keeps_its_alertmanager_re_sends(engine, outbox):
+    stuck = Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 7200))
+    seen_stuck = T0 + timedelta(hours=3)
+    stuck.apply_poll(a_poll(an_image("enabling", T0)), T0)
+    stuck.apply_poll(a_poll(an_image("enabling", T0), at=seen_stuck), seen_stuck)
+    (entry,) = outbox.claim_due(seen_stuck, receivers=["ops"], lease=60)
+    resend = seen_stuck + timedelta(minutes=1)
+    outbox.finish(entry, OK, seen_stuck, result=DELIVERED, resend_at=resend)
+    still = seen_stuck + timedelta(seconds=30)
+    stuck.apply_poll(a_poll(an_image("enabling", T0), at=still), still)
+    (again,) = outbox.claim_due(resend, receivers=["ops"], lease=60)
+    assert (again.kind, again.resending) == ("stuck", True)
 
 
 def test_a_failure_that_fired_for_no_receiver_is_not_resolved(engine):
