@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
+from xml.etree import ElementTree
 
+from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 from botocore.credentials import (
     CredentialProvider,
     CredentialResolver,
     DeferredRefreshableCredentials,
+    RefreshableCredentials,
 )
 from botocore.exceptions import ClientError, ProfileNotFound
 from botocore.loaders import Loader
@@ -58,6 +62,36 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+#: Errors whose cause does not pass by itself: a permission, the credentials themselves, an
+#: account or region not set up. Polling such a scope every cycle would change nothing until a
+#: person acts, so it backs off (`monitor.cycle.Backoff`).
+NEEDS_A_PERSON: frozenset[str] = frozenset(
+    {
+        "UnauthorizedOperation",
+        "AuthFailure",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "SignatureDoesNotMatch",
+        "AccessDenied",
+        "AccessDeniedException",
+        "OptInRequired",
+        "Blocked",
+        "NoCredentialsError",
+        "PartialCredentialsError",
+        "UnauthorizedSSOTokenError",
+        "SSOTokenLoadError",
+        "DuplicateScope",
+    }
+)
+
+#: Expired session credentials: they pass by themselves only if the credentials refresh.
+EXPIRED_CREDENTIALS: frozenset[str] = frozenset({"ExpiredToken", "ExpiredTokenException"})
+
+#: The largest answer read from AWS. A page of 200 images is some 200 kB; an endpoint that sends
+#: more than this is broken or hostile, and reading on would only cost memory.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
 def translate(exc: Exception) -> SourceError:
     """Turn a botocore exception into a `SourceError` named by the AWS error code or class."""
     if isinstance(exc, SourceError):
@@ -65,11 +99,13 @@ def translate(exc: Exception) -> SourceError:
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code") or "ClientError")
-        return SourceError(code, str(error.get("Message") or code))
-    if isinstance(exc, ResponseParserError):
-        return SourceError("InvalidResponse", "the response could not be parsed")
-    # botocore's messages name endpoints and profiles, never credentials.
-    return SourceError(type(exc).__name__, str(exc))
+        message = str(error.get("Message") or code)
+    elif isinstance(exc, ResponseParserError):
+        code, message = "InvalidResponse", "the response could not be parsed"
+    else:
+        # botocore's messages name endpoints and profiles, never credentials.
+        code, message = type(exc).__name__, str(exc)
+    return SourceError(code, message, permanent=code in NEEDS_A_PERSON)
 
 
 class _AssumedRoleProvider(CredentialProvider):  # type: ignore[misc]
@@ -214,9 +250,121 @@ def _role_session(
     return session
 
 
+#: The event botocore emits with each answer's body before parsing it.
+_BEFORE_PARSING_DESCRIBE = "before-parse.ec2.DescribeFastLaunchImages"
+_DESCRIBE_RESPONSE = "DescribeFastLaunchImagesResponse"
+
+#: How much of a body is read to find its root element (an XML declaration and comments may
+#: come first); a document whose root starts later is not EC2's.
+_ROOT_SEARCH_BYTES = 64 * 1024
+
+
+def _refuse_foreign_answers(response_dict: dict[str, Any], **_event: Any) -> None:
+    """Refuse a successful answer whose root element is not `DescribeFastLaunchImagesResponse`.
+
+    botocore reads any well-formed XML as a page, and a page of nothing: a proxy's login page
+    or a captive portal answering 200 would look like an account without images, and every
+    image would be recorded as removed.
+    """
+    if response_dict.get("status_code", 0) >= 300:
+        return
+    body = response_dict.get("body")
+    root = _root_element(body) if isinstance(body, bytes) else None
+    if root != _DESCRIBE_RESPONSE:
+        seen = "no XML element" if root is None else f"<{root[:40]!r}>"
+        raise SourceError(
+            "InvalidResponse",
+            f"the answer is not EC2's {_DESCRIBE_RESPONSE} (its root is {seen})",
+        )
+
+
+def _root_element(body: bytes) -> str | None:
+    """The local name of the root element of an XML document, or `None` if there is none."""
+    parser: ElementTree.XMLPullParser[ElementTree.Element] = ElementTree.XMLPullParser(
+        events=("start",)
+    )
+    # A piece at a time, so nothing past the root's start tag is parsed.
+    for start in range(0, min(len(body), _ROOT_SEARCH_BYTES), 4096):
+        try:
+            parser.feed(body[start : start + 4096])
+            for _, element in cast(Iterator[tuple[str, Any]], parser.read_events()):
+                return str(element.tag).rpartition("}")[2]
+        except ElementTree.ParseError:
+            return None
+    return None
+
+
+class _ReadBody:
+    """A body already read, in the shape botocore reads bodies from (`stream()`)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def stream(self, **_kwargs: Any) -> Iterator[bytes]:
+        yield self._data
+
+
+def _cap_response_bodies(client: Any, limit: int = MAX_RESPONSE_BYTES) -> None:
+    """Make `client` stop reading an answer at `limit` bytes and fail as `ResponseTooLarge`.
+
+    botocore reads each answer whole before anything can look at it, so an endpoint sending
+    without end would take all memory. There is no event between the arrival of an answer and
+    the reading of its body: the client's HTTP session sends through this wrapper instead,
+    which asks for the body unread and reads it itself, counting.
+    """
+    # Not a documented hook: the tests of the cap fail if a botocore release renames these.
+    session = client._endpoint.http_session
+    send = session.send
+
+    def send_capped(request: Any) -> AWSResponse:
+        request.stream_output = True
+        response = send(request)
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.raw.stream(1024 * 1024, decode_content=False):
+            size += len(chunk)
+            if size > limit:
+                response.raw.close()
+                raise SourceError(
+                    "ResponseTooLarge",
+                    f"the answer was longer than {limit // (1024 * 1024)} MiB; stopped reading",
+                )
+            chunks.append(chunk)
+        return AWSResponse(
+            response.url, response.status_code, response.headers, _ReadBody(b"".join(chunks))
+        )
+
+    session.send = send_capped
+
+
 def target_scope(target: TargetSettings, account: str, region: str) -> Scope:
     """A target's (target, account, region) scope; the target's name defaults to its account."""
     return Scope(target=target.name or account, account_id=account, region=region)
+
+
+@dataclass(frozen=True, slots=True)
+class PollLimits:
+    """How far one describe may go: until `deadline` (on `time.monotonic()`, which is the
+    same clock in a poll process) and at most `max_pages` pages. `timeout` is the seconds the
+    deadline allowed, for the message."""
+
+    deadline: float
+    max_pages: int
+    timeout: float
+
+    def check(self, pages: int) -> None:
+        """Raise `PollDeadlineExceeded` before page `pages + 1` if the poll went too far."""
+        if pages >= self.max_pages:
+            raise SourceError(
+                "PollDeadlineExceeded",
+                f"stopped after {pages} pages: more than max_pages ({self.max_pages})",
+            )
+        if time.monotonic() >= self.deadline:
+            raise SourceError(
+                "PollDeadlineExceeded",
+                f"stopped after {pages} pages: the poll took longer than poll_timeout "
+                f"({self.timeout:g} s)",
+            )
 
 
 class Source(Protocol):
@@ -239,8 +387,9 @@ class Source(Protocol):
 
     def scope(self, region: str) -> Scope: ...
 
-    def describe(self, region: str) -> tuple[list[RawImage], int]:
-        """Every fast launch image of `region` and the pages it took; raises `SourceError`."""
+    def describe(self, region: str, limits: PollLimits | None = None) -> tuple[list[RawImage], int]:
+        """Every fast launch image of `region` and the pages it took, within `limits`;
+        raises `SourceError`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +467,8 @@ class TargetSource:
                 )
                 # First, so the token is taken before any other handler sends or answers.
                 client.meta.events.register_first(_BEFORE_EACH_ATTEMPT, self._token_taker(region))
+                client.meta.events.register(_BEFORE_PARSING_DESCRIBE, _refuse_foreign_answers)
+                _cap_response_bodies(client)
                 self._clients[region] = client
             return client
 
@@ -347,9 +498,26 @@ class TargetSource:
             try:
                 identity = self._sts().get_caller_identity()
             except Exception as exc:
-                raise translate(exc) from exc
+                raise self._translate(exc) from exc
             self._account_id = str(identity["Account"])
         return self._account_id
+
+    def _translate(self, exc: Exception) -> SourceError:
+        """`translate`, knowing the target's credentials: expired ones that refresh themselves
+        (an assumed role, an instance role) pass by themselves; static ones need a person."""
+        error = translate(exc)
+        if error.code in EXPIRED_CREDENTIALS and not self._credentials_refresh():
+            return SourceError(error.code, error.message, permanent=True)
+        return error
+
+    def _credentials_refresh(self) -> bool:
+        if self.settings.role_arn is not None:
+            return True
+        try:
+            credentials = self._session.get_credentials()
+        except Exception:
+            return False
+        return isinstance(credentials, RefreshableCredentials)
 
     @property
     def known_account_id(self) -> str:
@@ -370,11 +538,13 @@ class TargetSource:
             ]
         return request
 
-    def describe(self, region: str) -> tuple[list[RawImage], int]:
+    def describe(self, region: str, limits: PollLimits | None = None) -> tuple[list[RawImage], int]:
         """Page DescribeFastLaunchImages to the end; returns the raw items and the page count.
 
         A `NextToken` seen before, on any earlier page of this describe, is a `SourceError`
-        (`RepeatedNextToken`) rather than an endless loop.
+        (`RepeatedNextToken`) rather than an endless loop; with `limits`, so are more pages or
+        more time than they allow (`PollDeadlineExceeded`), however the tokens differ. An
+        answer that is not EC2's (another document, no request id) is `InvalidResponse`.
         """
         client = self._ec2(region)
         request = self._request()
@@ -383,8 +553,16 @@ class TargetSource:
         pages = 0
         try:
             while True:
+                if limits is not None:
+                    limits.check(pages)
                 page = client.describe_fast_launch_images(**request)
                 pages += 1
+                if not page.get("ResponseMetadata", {}).get("RequestId"):
+                    # EC2 names every answer; a page without a request id is not EC2's.
+                    raise SourceError(
+                        "InvalidResponse",
+                        f"page {pages} carries no request id: not an answer of EC2",
+                    )
                 items.extend(page.get("FastLaunchImages", ()))
                 token = page.get("NextToken")
                 if not token:
@@ -397,7 +575,7 @@ class TargetSource:
                 seen.add(token)
                 request["NextToken"] = token
         except Exception as exc:
-            raise translate(exc) from exc
+            raise self._translate(exc) from exc
 
     def check(self, region: str) -> CheckOutcome:
         """DryRun DescribeFastLaunchImages: `DryRunOperation` means the caller is permitted."""

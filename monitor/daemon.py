@@ -137,6 +137,8 @@ def _cycle(
         clock=clock,
         stop=stop,
         interval=monitor.interval,
+        poll_timeout=monitor.poll_deadline,
+        max_pages=monitor.max_pages,
         on_close=on_close,
     )
 
@@ -302,7 +304,9 @@ class Daemon:
             self._idle.clear()
         try:
             started, cpu = time.monotonic(), time.process_time()
-            result = cycle.run()
+            # Half an interval at most: a scope whose poll is slower goes on in the background
+            # and records itself, and the next cycle starts on time for the others.
+            result = cycle.run(wait=self._rt.settings.monitor.interval / 2)
             self._advise(time.monotonic() - started, time.process_time() - cpu)
             dispatcher = self._rt.dispatcher
             if dispatcher is not None and result.transitions:
@@ -684,6 +688,7 @@ class Daemon:
         self._scheduler.shutdown(wait=False)
         deadline = time.monotonic() + STOP_BOUND_SECONDS
         finished = self._idle.wait(STOP_BOUND_SECONDS)
+        finished = self._rt.cycle.wait_idle(max(0.0, deadline - time.monotonic())) and finished
         finished = self._dispatch_idle.wait(max(0.0, deadline - time.monotonic())) and finished
         if not finished:
             log.warning("abandoning the in-flight poll cycle: nothing of it is recorded")

@@ -29,11 +29,17 @@ class ConfigError(MonitorError):
 
 
 class SourceError(MonitorError):
-    """A call to AWS failed; `code` is the AWS error code or the error class name."""
+    """A call to AWS failed; `code` is the AWS error code or the error class name.
 
-    def __init__(self, code: str, message: str) -> None:
+    `permanent`: the cause does not pass by itself and needs a person (a missing permission,
+    unknown or expired static credentials, a region not opted in); anything else (throttling,
+    5xx, timeouts, an unparseable answer, a poll past its deadline) may be gone at the next poll.
+    """
+
+    def __init__(self, code: str, message: str, *, permanent: bool = False) -> None:
         self.code = code
         self.message = message
+        self.permanent = permanent
         super().__init__(f"{code}: {message}")
 
 

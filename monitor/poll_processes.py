@@ -29,11 +29,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from monitor.aws import RawImage, TargetSource, target_scope
+from monitor.aws import PollLimits, RawImage, TargetSource, target_scope
 from monitor.errors import SourceError
 from monitor.logs import configured
 from monitor.model import Scope
-from monitor.poll_protocol import Operation, Reply, Request, Setup, frame, read_frame
+from monitor.poll_protocol import (
+    Operation,
+    Reply,
+    Request,
+    Setup,
+    failure,
+    frame,
+    raised,
+    read_frame,
+)
 from monitor.settings import AwsSettings, TargetSettings
 
 log = logging.getLogger(__name__)
@@ -73,7 +82,13 @@ class PollProcess:
         self._ids = itertools.count()
         self._closed = False
 
-    def call(self, target: int, operation: Operation, region: str = "") -> Any:
+    def call(
+        self,
+        target: int,
+        operation: Operation,
+        region: str = "",
+        limits: PollLimits | None = None,
+    ) -> Any:
         """Run `operation` for the target at config index `target`; its value, or the
         `SourceError` it failed with."""
         future: Future[Reply] = Future()
@@ -84,14 +99,16 @@ class PollProcess:
             request_id = next(self._ids)
             running.pending[request_id] = future
             try:
-                running.requests.write(frame(Request(request_id, target, operation, region)))
+                running.requests.write(
+                    frame(Request(request_id, target, operation, region, limits))
+                )
                 running.requests.flush()
             except OSError:
                 # It has exited: its reader fails every pending request, this one included.
                 pass
         reply = future.result()
         if reply.error is not None:
-            raise SourceError(*reply.error)
+            raise raised(reply.error)
         return reply.value
 
     @property
@@ -192,7 +209,7 @@ class PollProcess:
         with self._lock:
             pending, running.pending = running.pending, {}
         for request_id, future in pending.items():
-            future.set_result(Reply(request_id, error=(error.code, error.message)))
+            future.set_result(Reply(request_id, error=failure(error)))
 
 
 def _close_quietly(stream: IO[bytes]) -> None:
@@ -225,8 +242,8 @@ class RemoteSource:
     def scope(self, region: str) -> Scope:
         return target_scope(self.settings, self._account_id, region)
 
-    def describe(self, region: str) -> tuple[list[RawImage], int]:
-        items, pages = self.process.call(self._index, "describe", region)
+    def describe(self, region: str, limits: PollLimits | None = None) -> tuple[list[RawImage], int]:
+        items, pages = self.process.call(self._index, "describe", region, limits)
         return items, pages
 
 

@@ -14,6 +14,8 @@ import pickle
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
+from monitor.aws import PollLimits
+from monitor.errors import SourceError
 from monitor.settings import AwsSettings, TargetSettings
 
 #: A frame's length prefix, in bytes.
@@ -40,15 +42,31 @@ class Request:
     target: int
     operation: Operation
     region: str
+    limits: PollLimits | None = None
+
+
+#: A `SourceError` as it crosses the pipe: its code, message and whether it is permanent.
+Failure = tuple[str, str, bool]
+
+
+def failure(error: SourceError) -> Failure:
+    """`error` as a reply carries it."""
+    return (error.code, error.message, error.permanent)
+
+
+def raised(error: Failure) -> SourceError:
+    """The `SourceError` a reply's `error` stands for."""
+    code, message, permanent = error
+    return SourceError(code, message, permanent=permanent)
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The value of a request, or the (code, message) of the `SourceError` it failed with."""
+    """The value of a request, or the `Failure` it failed with."""
 
     id: int
     value: Any = None
-    error: tuple[str, str] | None = None
+    error: Failure | None = None
 
 
 def frame(message: object) -> bytes:

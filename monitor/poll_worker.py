@@ -22,7 +22,7 @@ from monitor.aws import BaseSessions, TargetSource
 from monitor.errors import SourceError
 from monitor.logs import setup_logging
 from monitor.malloc import return_large_buffers
-from monitor.poll_protocol import Reply, Request, Setup, frame, read_frame
+from monitor.poll_protocol import Reply, Request, Setup, failure, frame, read_frame
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +32,15 @@ def answer(sources: dict[int, TargetSource], request: Request) -> Reply:
     try:
         source = sources[request.target]
         if request.operation == "describe":
-            return Reply(request.id, source.describe(request.region))
+            return Reply(request.id, source.describe(request.region, request.limits))
         return Reply(request.id, source.account_id())
     except SourceError as exc:
-        return Reply(request.id, error=(exc.code, exc.message))
+        return Reply(request.id, error=failure(exc))
     except Exception as exc:
         # A bug, not an AWS failure (the adapter translates those): its traceback is here.
         log.exception("%s of targets[%d] failed unexpectedly", request.operation, request.target)
         message = "unexpected error in a poll process; see the monitor's log"
-        return Reply(request.id, error=(type(exc).__name__, message))
+        return Reply(request.id, error=(type(exc).__name__, message, False))
 
 
 def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
@@ -63,7 +63,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
         except Exception as exc:
             # Never leave the daemon waiting: a reply that cannot be sent is a failed one.
             log.exception("reply %d could not be sent", request.id)
-            data = frame(Reply(request.id, error=(type(exc).__name__, "unsendable reply")))
+            data = frame(Reply(request.id, error=(type(exc).__name__, "unsendable reply", False)))
         try:
             with sending:
                 replies.write(data)

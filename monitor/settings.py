@@ -47,6 +47,8 @@ _MONITOR_KEYS = (
     "jitter",
     "max_concurrency",
     "poll_processes",
+    "poll_timeout",
+    "max_pages",
     "stuck_after",
     "log_level",
 )
@@ -90,15 +92,23 @@ class MonitorSettings:
 
     `log_level` (upper case) applies unless `--log-level` is given; `None`: INFO.
     `poll_processes`: how many processes make the AWS requests (`monitor.poll_processes`);
-    0, the default, makes them in the daemon's own.
+    0, the default, makes them in the daemon's own. A poll that takes longer than
+    `poll_timeout` (`None`: the interval) or more than `max_pages` pages fails.
     """
 
     interval: float = 300.0
     jitter: float = 10.0
     max_concurrency: int = 16
     poll_processes: int = 0
+    poll_timeout: float | None = None
+    max_pages: int = 1000
     stuck_after: float = 7200.0
     log_level: str | None = None
+
+    @property
+    def poll_deadline(self) -> float:
+        """The seconds one poll may take: `poll_timeout`, else the interval."""
+        return self.interval if self.poll_timeout is None else self.poll_timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,9 +475,17 @@ def _monitor(table: _Table) -> MonitorSettings:
         jitter=table.duration("jitter", default.jitter),
         max_concurrency=table.integer("max_concurrency", default.max_concurrency, minimum=1),
         poll_processes=table.integer("poll_processes", default.poll_processes, minimum=0),
+        poll_timeout=_optional_duration(table, "poll_timeout"),
+        max_pages=table.integer("max_pages", default.max_pages, minimum=1),
         stuck_after=table.duration("stuck_after", default.stuck_after),
         log_level=_log_level(table),
     )
+
+
+def _optional_duration(table: _Table, key: str) -> float | None:
+    """A duration longer than zero, or `None` when the key is left out."""
+    seconds = table.duration(key, -1.0, allow_zero=False)
+    return None if seconds < 0 else seconds
 
 
 def _log_level(table: _Table) -> str | None:

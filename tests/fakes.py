@@ -17,7 +17,7 @@ import pytest
 from moto import mock_aws
 from prometheus_client import CollectorRegistry
 
-from monitor.aws import RawImage, TargetSource
+from monitor.aws import PollLimits, RawImage, TargetSource
 from monitor.current import CurrentState
 from monitor.cycle import Cycle
 from monitor.metrics import MonitorMetrics, build_registry
@@ -138,15 +138,20 @@ class GatedSource(TargetSource):
         """Let every describe, waiting or to come, go on to AWS."""
         self._gate.set()
 
+    def hold(self) -> None:
+        """Make the describes to come wait at the gate again."""
+        self.entered.clear()
+        self._gate.clear()
+
     def pass_gate(self) -> None:
         """Say this target's poll has arrived at the gate, and wait there until `release()`."""
         self.entered.set()
         if not self._gate.wait(timeout=30):
             raise AssertionError("the gate was never released")
 
-    def describe(self, region: str) -> tuple[list[RawImage], int]:
+    def describe(self, region: str, limits: PollLimits | None = None) -> tuple[list[RawImage], int]:
         self.pass_gate()
-        return super().describe(region)
+        return super().describe(region, limits)
 
 
 class PeakCountingSource(TargetSource):
@@ -158,15 +163,24 @@ class PeakCountingSource(TargetSource):
         self._in_flight = 0
         self.peak = 0
 
-    def describe(self, region: str) -> tuple[list[RawImage], int]:
+    def describe(self, region: str, limits: PollLimits | None = None) -> tuple[list[RawImage], int]:
         with self._count_lock:
             self._in_flight += 1
             self.peak = max(self.peak, self._in_flight)
         try:
-            return super().describe(region)
+            return super().describe(region, limits)
         finally:
             with self._count_lock:
                 self._in_flight -= 1
+
+
+def seconds_of(clock: ManualClock) -> Callable[[], float]:
+    """A monotonic clock that moves as `clock` does: its seconds since `START`."""
+
+    def seconds() -> float:
+        return (clock.now() - START).total_seconds()
+
+    return seconds
 
 
 @dataclass
@@ -211,6 +225,7 @@ def monitor(
         clock=clock.now,
         stop=stop,
         interval=interval,
+        schedule_clock=seconds_of(clock),
     )
     try:
         yield Monitor(cycle, store, current, registry, metrics)

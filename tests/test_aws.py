@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import (
+    ClientError,
+    ConnectTimeoutError,
+    NoCredentialsError,
+)
+from botocore.parsers import ResponseParserError
 
-from monitor.aws import ROLE_SESSION_NAME, BaseSessions, TargetSource
+from monitor.aws import ROLE_SESSION_NAME, BaseSessions, PollLimits, TargetSource, translate
 from monitor.errors import ConfigError, SourceError
 from monitor.ratelimit import RateLimits
 from monitor.settings import AwsSettings, TargetSettings
@@ -473,3 +483,132 @@ def test_by_default_every_target_draws_on_the_process_wide_buckets(
 
     assert first.rate_limit(REGION) is second.rate_limit(REGION)
     assert first.rate_limit(REGION) is PROCESS_RATE_LIMITS.bucket(FIRST, REGION)
+
+
+def test_a_200_page_that_is_not_ec2s_answer_is_an_invalid_response(
+    sim: FastLaunchSimulator,
+) -> None:
+    # A proxy's login page or a captive portal: well-formed, successful, and no images.
+    sim.seed(2)
+    sim.foreign_page(1)
+
+    with pytest.raises(SourceError) as failed:
+        source().describe(REGION)
+
+    assert failed.value.code == "InvalidResponse"
+    assert "html" in failed.value.message
+    assert not failed.value.permanent
+
+
+def test_distinct_next_tokens_for_ever_stop_at_max_pages(sim: FastLaunchSimulator) -> None:
+    sim.endless_pages()
+    limits = PollLimits(deadline=time.monotonic() + 60, max_pages=25, timeout=60)
+
+    error = raised_within(lambda: source().describe(REGION, limits), 20, "still paging")
+
+    assert isinstance(error, SourceError)
+    assert error.code == "PollDeadlineExceeded"
+    assert "max_pages (25)" in error.message
+    assert sim.calls == 25
+
+
+def test_paging_stops_at_the_poll_deadline(sim: FastLaunchSimulator) -> None:
+    sim.endless_pages()
+    sim.latency(0.05)
+    limits = PollLimits(deadline=time.monotonic() + 0.5, max_pages=1000, timeout=0.5)
+    started = time.monotonic()
+
+    error = raised_within(lambda: source().describe(REGION, limits), 20, "still paging")
+
+    assert isinstance(error, SourceError)
+    assert error.code == "PollDeadlineExceeded"
+    assert "poll_timeout (0.5 s)" in error.message
+    assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize(
+    ("code", "permanent"),
+    [
+        ("UnauthorizedOperation", True),
+        ("AuthFailure", True),
+        ("InvalidClientTokenId", True),
+        ("AccessDenied", True),
+        ("OptInRequired", True),
+        ("RequestLimitExceeded", False),
+        ("Throttling", False),
+        ("InternalError", False),
+        ("Unavailable", False),
+    ],
+)
+def test_errors_that_need_a_person_are_permanent_and_others_pass_by_themselves(
+    code: str, permanent: bool
+) -> None:
+    error = ClientError({"Error": {"Code": code, "Message": "m"}}, "DescribeFastLaunchImages")
+
+    assert translate(error).permanent is permanent
+
+
+def test_network_and_parsing_failures_pass_by_themselves() -> None:
+    assert not translate(ConnectTimeoutError(endpoint_url="https://ec2")).permanent
+    assert not translate(ResponseParserError("bad")).permanent
+    assert translate(NoCredentialsError()).permanent
+
+
+def expired_token() -> ClientError:
+    return ClientError(
+        {"Error": {"Code": "ExpiredToken", "Message": "expired"}}, "DescribeFastLaunchImages"
+    )
+
+
+def test_expired_static_credentials_need_a_person(clock: ManualClock) -> None:
+    # The test's credentials come from the environment: static keys that never refresh.
+    assert source()._translate(expired_token()).permanent
+
+
+def test_expired_credentials_that_refresh_themselves_pass_by_themselves(
+    clock: ManualClock,
+) -> None:
+    target = source(TargetSettings(role_arn=role_arn(FIRST)))
+
+    assert not target._translate(expired_token()).permanent
+
+
+class EndlessBody(BaseHTTPRequestHandler):
+    """Answers 200 and then sends bytes for ever: an endpoint that never stops talking."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = b"<item>" + b"x" * 65536 + b"</item>"
+        frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+        with contextlib.suppress(OSError):
+            while True:
+                self.wfile.write(frame)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_an_answer_longer_than_64_mib_fails_the_describe_without_reading_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake_aws_environment(monkeypatch, tmp_path)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EndlessBody)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    target = source(aws=AwsSettings(max_attempts=1, endpoint_url=endpoint, read_timeout=5))
+    try:
+        error = raised_within(lambda: target.describe(REGION), 30, "still reading")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert isinstance(error, SourceError)
+    assert error.code == "ResponseTooLarge"
+    assert "64 MiB" in error.message

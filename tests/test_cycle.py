@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.aws import RawImage, TargetSource
+from monitor.aws import PollLimits, RawImage, TargetSource
 from monitor.current import CurrentState
 from monitor.cycle import (
     MAX_BACKOFF_SECONDS,
@@ -399,7 +399,7 @@ def test_closing_a_cycle_releases_what_its_sources_hold_once(sqlite_store: Store
 class BrokenSource(TargetSource):
     """A target whose describe hits a bug rather than an AWS error."""
 
-    def describe(self, region: str) -> tuple[list[RawImage], int]:
+    def describe(self, region: str, limits: PollLimits | None = None) -> tuple[list[RawImage], int]:
         raise KeyError("a bug")
 
 
@@ -459,7 +459,7 @@ def test_a_failing_scope_skips_one_then_three_then_seven_cycles_despite_jitter()
     late = [0, 9.9, 0.5, 10, 0, 3, 9, 0, 10, 1, 7, 0, 5, 10, 0, 2, 9]
     polled = []
     for number, lateness in enumerate(late):
-        started = START + timedelta(seconds=number * INTERVAL + lateness)
+        started = number * INTERVAL + lateness
         if backoff.due(("failing", REGION), started):
             polled.append(number)
             backoff.failed(("failing", REGION), started)
@@ -471,10 +471,9 @@ def test_a_failing_scope_is_polled_at_least_once_an_hour() -> None:
     backoff = Backoff(300)
     polled: list[float] = []
     for number in range(12 * 10):
-        seconds = number * 300.0
-        started = START + timedelta(seconds=seconds)
+        started = number * 300.0
         if backoff.due(("failing", REGION), started):
-            polled.append(seconds)
+            polled.append(started)
             backoff.failed(("failing", REGION), started)
 
     gaps = [later - earlier for earlier, later in itertools.pairwise(polled)]
@@ -484,10 +483,10 @@ def test_a_failing_scope_is_polled_at_least_once_an_hour() -> None:
 
 def test_with_an_interval_of_an_hour_a_failing_scope_is_never_skipped() -> None:
     backoff = Backoff(3600)
-    started = START
+    started = 0.0
     for _ in range(5):
         failing, starts_backing_off = backoff.failed(("failing", REGION), started)
-        started += timedelta(hours=1)
+        started += 3600
 
         assert backoff.due(("failing", REGION), started)
         assert not starts_backing_off
@@ -634,3 +633,143 @@ def test_no_advice_when_more_processes_would_not_help(
     wall: float, cpu: float, poll_processes: int, cores: int
 ) -> None:
     assert poll_processes_advice(wall, cpu, poll_processes=poll_processes, cores=cores) is None
+
+
+def test_after_throttling_and_garbage_the_scope_is_polled_again_at_the_next_cycle(
+    clock: ManualClock, sqlite_store: Store
+) -> None:
+    # Four polls throttled past their retries, three answered with garbage: each could pass by
+    # itself, so none of them may keep the next cycle from polling the scope.
+    sim = simulator_for(ACCOUNT, REGION)
+    sim.seed(1)
+    sim.throttle(4)
+
+    outcomes: list[str | None] = []
+    with scheduled_monitor(sqlite_store, [source()], clock=clock) as mon:
+        for number in range(8):
+            if number == 4:
+                sim.garbage(3)
+            result = mon.cycle.run()
+            assert result.skipped == ()
+            (poll,) = result.polls
+            outcomes.append(poll.result.error_code)
+            clock.advance(INTERVAL)
+
+    assert outcomes == [
+        *["RequestLimitExceeded"] * 4,
+        *["InvalidResponse"] * 3,
+        None,
+    ]
+
+
+def test_a_poll_that_answers_past_its_deadline_is_recorded_as_failed_and_its_answer_dropped(
+    clock: ManualClock, sqlite_store: Store
+) -> None:
+    sim = simulator_for(FIRST, REGION)
+    first_image = sim.seed(1)[0]
+    hung = GatedSource(0, TargetSettings(name="hung", role_arn=role_arn(FIRST)), NO_RETRIES)
+    hung.release()
+    current = CurrentState()
+    registry, metrics = build_registry(current)
+    metrics.set_leader(True)
+    cycle = Cycle(
+        [hung],
+        sqlite_store,
+        current,
+        metrics,
+        max_concurrency=2,
+        clock=clock.now,
+        interval=60,
+        poll_timeout=0.5,
+    )
+    try:
+        cycle.run()
+        hung.hold()
+        sim.remove(first_image)
+        started = time.monotonic()
+        result = cycle.run()
+        waited = time.monotonic() - started
+        assert result.polls == ()
+        assert result.in_flight == (("hung", REGION),)
+        assert waited < 0.5 + 1.0 + 1.0
+        # A cycle while the hung poll still runs does not poll that scope a second time.
+        assert cycle.run(wait=0.1).in_flight == (("hung", REGION),)
+        hung.release()
+        assert cycle.wait_idle(10)
+    finally:
+        cycle.close()
+    (latest,) = sqlite_store.latest_polls()
+    assert latest.error_code == "PollDeadlineExceeded"
+    # The answer that came too late was dropped: the image was not recorded as removed.
+    assert [i.image.image_id for i in sqlite_store.current_images()] == [first_image]
+    assert (
+        registry.get_sample_value(
+            "fastlaunch_poll_errors_total",
+            {
+                "target": "hung",
+                "account_id": FIRST,
+                "region": REGION,
+                "error": "PollDeadlineExceeded",
+            },
+        )
+        == 1.0
+    )
+
+
+def test_one_scope_paging_for_ever_fails_by_its_deadline_and_never_delays_the_others(
+    clock: ManualClock, sqlite_store: Store
+) -> None:
+    endless = simulator_for(FIRST, REGION)
+    endless.endless_pages()
+    endless.latency(0.02)
+    simulator_for(SECOND, REGION).seed(1)
+    sources = [
+        source(TargetSettings(name="endless", role_arn=role_arn(FIRST)), index=0),
+        source(TargetSettings(name="healthy", role_arn=role_arn(SECOND)), index=1),
+    ]
+    current = CurrentState()
+    _, metrics = build_registry(current)
+    cycle = Cycle(
+        sources,
+        sqlite_store,
+        current,
+        metrics,
+        max_concurrency=4,
+        clock=clock.now,
+        interval=60,
+        poll_timeout=1.0,
+    )
+    try:
+        first = cycle.run(wait=0.2)
+        assert polled_targets(first) == ["healthy"]
+        assert first.in_flight == (("endless", REGION),)
+        clock.advance(60)
+        second = cycle.run(wait=0.2)
+        assert polled_targets(second) == ["healthy"]
+        assert cycle.wait_idle(10)
+        clock.advance(60)
+        third = cycle.run()
+    finally:
+        cycle.close()
+    assert sorted(polled_targets(third)) == ["endless", "healthy"]
+    endless_poll = next(p for p in third.polls if p.result.scope.target == "endless")
+    assert endless_poll.result.error_code == "PollDeadlineExceeded"
+    codes = [p.error_code for p in sqlite_store.latest_polls()]
+    assert sorted(codes, key=str) == sorted(["PollDeadlineExceeded", None], key=str)
+
+
+def test_an_html_page_answered_200_fails_the_poll_and_removes_no_image(
+    clock: ManualClock, sqlite_store: Store
+) -> None:
+    sim = simulator_for(ACCOUNT, REGION)
+    seeded = sim.seed(2)
+    with monitor(sqlite_store, [source()], clock=clock) as mon:
+        mon.cycle.run()
+        sim.foreign_page(1)
+        clock.advance(60)
+        (poll,) = mon.cycle.run().polls
+
+    assert poll.result.error_code == "InvalidResponse"
+    assert poll.transitions == ()
+    assert sorted(i.image.image_id for i in sqlite_store.current_images()) == sorted(seeded)
+    assert all(e.transition.new_state != REMOVED for e in sqlite_store.history())

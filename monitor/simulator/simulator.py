@@ -43,6 +43,7 @@ from monitor.simulator.wire import (
     Reply,
     describe_reply,
     error_reply,
+    foreign_reply,
     garbage_reply,
     image_reply,
 )
@@ -78,9 +79,12 @@ class FastLaunchSimulator:
         self._calls = 0
         self._throttled = 0
         self._garbled = 0
+        self._foreign = 0
         self._looping = False
+        self._endless = False
         self._denied = False
         self._latency = 0.0
+        self._pages_served = 0
 
     # -- the EC2 actions --------------------------------------------------------------------
 
@@ -97,6 +101,9 @@ class FastLaunchSimulator:
             if self._garbled > 0:
                 self._garbled -= 1
                 return garbage_reply("DescribeFastLaunchImages")
+            if self._foreign > 0:
+                self._foreign -= 1
+                return foreign_reply()
             try:
                 if self._denied:
                     raise Ec2Error(
@@ -386,6 +393,16 @@ class FastLaunchSimulator:
         with self._lock:
             self._garbled = calls
 
+    def foreign_page(self, calls: int = 1) -> None:
+        """Answer the next `calls` describe requests with a 200 HTML page (a proxy's login)."""
+        with self._lock:
+            self._foreign = calls
+
+    def endless_pages(self, enabled: bool = True) -> None:
+        """While enabled, every describe page carries a new `NextToken`: paging never ends."""
+        with self._lock:
+            self._endless = enabled
+
     def loop_next_token(self, enabled: bool = True) -> None:
         """While enabled, every describe page carries the same `NextToken`, forever."""
         with self._lock:
@@ -409,8 +426,8 @@ class FastLaunchSimulator:
     def clear_faults(self) -> None:
         """Undo every fault: throttling, garbage, token loop, denial and latency."""
         with self._lock:
-            self._throttled = self._garbled = 0
-            self._looping = self._denied = False
+            self._throttled = self._garbled = self._foreign = 0
+            self._looping = self._denied = self._endless = False
             self._latency = 0.0
 
     # -- internals ------------------------------------------------------------------------------
@@ -441,4 +458,7 @@ class FastLaunchSimulator:
         last = images[-1].image_id if images else after
         if self._looping:
             return images, request.next_token or encode_token(last, fingerprint)
+        if self._endless:
+            self._pages_served += 1
+            return images, encode_token(f"{last}#{self._pages_served}", fingerprint)
         return images, encode_token(last, fingerprint) if more else None

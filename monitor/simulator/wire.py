@@ -127,3 +127,12 @@ def garbage_reply(action: str) -> Reply:
         f"<requestId>{_request_id()}</requestId><fastLaunchImageSet><item><imageId>ami-"
     )
     return Reply(200, body)
+
+
+def foreign_reply() -> Reply:
+    """A 200 answer that is not EC2's: the login page of a proxy or a captive portal."""
+    body = (
+        "<!DOCTYPE html>\n<html><head><title>Sign in</title></head>"
+        '<body><form action="/login"><input name="user"></form></body></html>'
+    )
+    return Reply(200, body)
