@@ -35,7 +35,7 @@ from monitor.image_exposition import (
     MAX_PARALLEL_LAUNCHES,
     STATE,
     STATE_TRANSITION_TIMESTAMP,
-    TARGET_RESOURCE_COUNT,
+    TARGET_RESOURCES,
     Member,
     RenderedScopes,
     gzip_member,
@@ -47,7 +47,7 @@ from monitor.scope_metrics import ScopeFamily, ScopeMetrics
 # The help texts hold no backslash, quote or newline, so both exposition formats print them as
 # they are (the rendered text does not escape them).
 _HELP: dict[str, str] = {
-    TARGET_RESOURCE_COUNT: (
+    TARGET_RESOURCES: (
         "SnapshotConfiguration.TargetResourceCount of a fast launch image: "
         "the pre-provisioned snapshots to keep."
     ),
@@ -84,7 +84,7 @@ def _samples(name: str, images: Iterable[StoredImage]) -> Iterator[Sample]:
     for stored in images:
         image = stored.image
         labels = _labels(stored)
-        if name == TARGET_RESOURCE_COUNT and image.target_resource_count is not None:
+        if name == TARGET_RESOURCES and image.target_resource_count is not None:
             yield Sample(name, labels, float(image.target_resource_count))
         elif name == MAX_PARALLEL_LAUNCHES and image.max_parallel_launches is not None:
             yield Sample(name, labels, float(image.max_parallel_launches))

@@ -24,7 +24,7 @@ from monitor.cycle import (
     poll_processes_advice,
 )
 from monitor.errors import StoreError
-from monitor.metrics import MAX_PARALLEL_LAUNCHES, STATE, TARGET_RESOURCE_COUNT, build_registry
+from monitor.metrics import MAX_PARALLEL_LAUNCHES, STATE, TARGET_RESOURCES, build_registry
 from monitor.model import REMOVED, AppliedPoll, PollResult
 from monitor.settings import TargetSettings
 from monitor.simulator import ManualClock, simulator_for
@@ -97,7 +97,7 @@ def test_a_first_cycle_records_an_appeared_transition_per_image(
         assert len(store.current_images()) == 4
         assert state_of(mon, enabling, "enabling") == 1.0
         assert state_of(mon, enabling, "enabled") == 0.0
-        assert mon.sample(TARGET_RESOURCE_COUNT, **labels(enabled[0])) is not None
+        assert mon.sample(TARGET_RESOURCES, **labels(enabled[0])) is not None
         assert mon.sample("fastlaunch_poll_success", **scope_labels()) == 1.0
         transitions = mon.sample("fastlaunch_transitions_total", **scope_labels(), state="enabled")
         assert transitions == 3.0
@@ -176,7 +176,7 @@ def test_a_failed_poll_changes_no_image_and_the_gauges_keep_their_values(
         errors = mon.sample("fastlaunch_poll_errors_total", **scope_labels(), error=code)
         assert errors == 1.0
         assert state_of(mon, image_id, "enabled") == 1.0
-        assert mon.sample(TARGET_RESOURCE_COUNT, **labels(other)) == 7.0
+        assert mon.sample(TARGET_RESOURCES, **labels(other)) == 7.0
         assert mon.sample(MAX_PARALLEL_LAUNCHES, **labels(other)) == 6.0
         assert mon.cycle.last_success() == {("targets[0]", REGION): START}
 
@@ -247,7 +247,7 @@ def test_an_image_disabled_and_gone_is_recorded_as_removed_and_its_series_droppe
         ]
         assert [s.image.image_id for s in store.current_images()] == [staying]
         assert state_of(mon, leaving, "disabling") is None
-        assert mon.sample(TARGET_RESOURCE_COUNT, **labels(leaving)) is None
+        assert mon.sample(TARGET_RESOURCES, **labels(leaving)) is None
         assert state_of(mon, staying, "enabled") == 1.0
 
 
