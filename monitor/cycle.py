@@ -334,10 +334,12 @@ class Cycle:
         started_at = self._clock()
         started = time.monotonic()
         reached = False
+        committed_at = started_at  # a poll that was not stored recorded no transition
         try:
             fetched = self._fetch(source, region, started_at)
             reached = fetched.ok
             applied = self._record(source, region, fetched)
+            committed_at = self._clock()
         except Exception as exc:
             # Not an AWS or database failure but a bug; it must not take the cycle down.
             log.exception(
@@ -363,7 +365,7 @@ class Cycle:
         if result.ok:
             self._current.replace_scope(result.scope, result.images or ())
             self._last_success[(source.key, region)] = result.started_at
-        self._metrics.poll_finished(result, applied.transitions)
+        self._metrics.poll_finished(result, applied.transitions, committed_at)
         context = {"target": source.key, "region": region}
         first_sights = 0
         for transition in applied.transitions:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import groupby
 from typing import cast
 
@@ -169,7 +170,8 @@ class ImageCollector:
 
 
 class MonitorMetrics:
-    """The monitor's own series: polls, transitions, alert delivery, leadership."""
+    """The monitor's own series: polls, transitions and their detection delays, alert
+    delivery, leadership."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._leader = False
@@ -193,9 +195,18 @@ class MonitorMetrics:
             registry=registry,
         )
 
-    def poll_finished(self, result: PollResult, transitions: Sequence[Transition]) -> None:
-        """Count one finished poll of a scope and the transitions it recorded."""
-        self.scopes.poll_finished(result, transitions)
+    def poll_finished(
+        self,
+        result: PollResult,
+        transitions: Sequence[Transition],
+        committed_at: datetime | None = None,
+    ) -> None:
+        """Count one finished poll of a scope and the transitions it recorded.
+
+        `committed_at`, when the transaction that recorded them committed, is what their
+        detection delays run to; without it none is observed.
+        """
+        self.scopes.poll_finished(result, transitions, committed_at)
 
     def forget_scopes(self, scopes: Iterable[Scope]) -> None:
         """Drop the poll series of scopes no longer polled, as a restart would."""

@@ -634,3 +634,25 @@ def test_no_advice_when_more_processes_would_not_help(
     wall: float, cpu: float, poll_processes: int, cores: int
 ) -> None:
     assert poll_processes_advice(wall, cpu, poll_processes=poll_processes, cores=cores) is None
+
+
+def test_a_cycle_counts_a_change_from_its_state_transition_time_to_the_commit_that_recorded_it(
+    clock: ManualClock, sqlite_store: Store
+) -> None:
+    sim = simulator_for(ACCOUNT, REGION)
+    image_id, _ = sim.seed(2, states="enabled")
+    delays = {**scope_labels(), "trigger": "interval"}
+
+    with monitor(sqlite_store, [source()], clock=clock) as mon:
+        mon.cycle.run()
+        after_first_sights = mon.sample("fastlaunch_detection_delay_seconds_count", **delays)
+        clock.advance(30)
+        sim.force_state(image_id, "enabled-failed")
+        clock.advance(200)
+        mon.cycle.run()
+
+        assert after_first_sights is None
+        assert mon.sample("fastlaunch_detection_delay_seconds_count", **delays) == 1
+        assert mon.sample("fastlaunch_detection_delay_seconds_sum", **delays) == 200
+        assert mon.sample("fastlaunch_detection_delay_seconds_bucket", **delays, le="120.0") == 0
+        assert mon.sample("fastlaunch_detection_delay_seconds_bucket", **delays, le="300.0") == 1

@@ -353,6 +353,9 @@ def awkward_registry() -> CollectorRegistry:
     registry, metrics = build_registry(current)
     metrics.set_leader(True)
     metrics.poll_finished(poll(), [Transition("ami-1", None, "enabled", CHANGED_AT, "")])
+    awkward = poll(Scope('ta"rget\\', "333333333333", "ap-south-2"))
+    changed = Transition(image().image_id, "enabling", "enabled", CHANGED_AT, "")
+    metrics.poll_finished(awkward, [changed], CHANGED_AT + timedelta(seconds=90.25))
     metrics.alerts_pending.labels(receiver="ops").set(1)
     return registry
 

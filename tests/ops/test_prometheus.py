@@ -264,7 +264,8 @@ def busy_daemon(
     """A daemon that has exported a sample of every kind of series it has.
 
     Images in every known state (counts set), a shared one (no TargetResourceCount), a failed
-    poll (throttled), and failed images whose alerts were delivered to `receiver`.
+    poll (throttled), failed images whose alerts were delivered to `receiver`, and a change of
+    state found by a later poll (a detection delay).
     """
     for target_resource_count, max_parallel_launches in ENABLED_SETTINGS:
         sim.seed(
@@ -287,6 +288,14 @@ def busy_daemon(
     assert daemon.value("fastlaunch_poll_errors_total", error="RequestLimitExceeded", **scope)
     wait_for(
         lambda: daemon.value("fastlaunch_poll_success", **scope) == 1, what="a successful poll"
+    )
+    (enabling,) = [image.image_id for image in sim.images() if image.state == "enabling"]
+    sim.force_state(enabling, "enabled")
+    wait_for(
+        lambda: daemon.value(
+            "fastlaunch_detection_delay_seconds_count", trigger="interval", **scope
+        ),
+        what="a detection delay",
     )
     return daemon
 
@@ -386,6 +395,7 @@ FAMILIES = {
     "fastlaunch_poll_errors": "counter",
     "fastlaunch_last_successful_poll_timestamp_seconds": "gauge",
     "fastlaunch_transitions": "counter",
+    "fastlaunch_detection_delay_seconds": "histogram",
     "fastlaunch_alerts_pending": "gauge",
     "fastlaunch_alert_deliveries": "counter",
     "fastlaunch_leader": "gauge",
@@ -544,12 +554,30 @@ def test_the_grafana_dashboard_takes_its_data_source_and_filters_from_variables(
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == "${datasource}", panel["title"]
     # Every series of an image or of a target and region follows the filters.
-    scoped = re.compile(r"fastlaunch_(image_|poll_|last_successful|transitions)")
+    scoped = re.compile(r"fastlaunch_(image_|poll_|last_successful|transitions|detection_delay)")
     filtered = [query for query in dashboard_queries() if scoped.search(query)]
     assert any("fastlaunch_image_" in query for query in filtered)
+    assert any("fastlaunch_detection_delay" in query for query in filtered)
     for query in filtered:
         assert 'target=~"$target"' in query, query
         assert 'region=~"$region"' in query, query
+
+
+def test_the_dashboard_shows_the_median_and_90th_percentile_detection_delay_by_region():
+    (panel,) = [p for p in panels() if p["title"] == "Detection delay"]
+    queries = [target["expr"] for target in panel["targets"]]
+
+    assert [query.split(",")[0] for query in queries] == [
+        "histogram_quantile(0.5",
+        "histogram_quantile(0.9",
+    ]
+    for query in queries:
+        assert (
+            "sum by (le, region, trigger) (rate(fastlaunch_detection_delay_seconds_bucket{" in query
+        )
+    # Next to the Polls panels, before the next row.
+    titles = [p["title"] for p in dashboard()["panels"]]
+    assert titles.index("Polls") < titles.index("Detection delay") < titles.index("Alert delivery")
 
 
 def test_the_metric_name_parser_finds_names_and_nothing_else():
