@@ -534,6 +534,7 @@ class Cycle:
                         return None
                     flight.over = True
                 applied = self._record(source, region, fetched)
+                committed_at: datetime | None = self._clock()
             except Exception as exc:
                 # Not an AWS or database failure but a bug; it must not take the cycle down.
                 log.exception(
@@ -550,6 +551,7 @@ class Cycle:
                     SourceError(type(exc).__name__, "unexpected error; see the monitor's log"),
                 )
                 applied = AppliedPoll(result=failed, transitions=(), upserts=0, removed=0)
+                committed_at = None
             self._track(
                 source,
                 region,
@@ -557,18 +559,26 @@ class Cycle:
                 permanent=permanent,
                 cycle_started=self._schedule_clock() if cycle_started is None else cycle_started,
             )
-            self._finish(source, region, applied)
+            self._finish(source, region, applied, committed_at)
             return applied
         finally:
             self._land(key)
 
-    def _finish(self, source: Source, region: str, applied: AppliedPoll) -> None:
-        """Publish a recorded poll: current state, metrics and the log lines of its changes."""
+    def _finish(
+        self,
+        source: Source,
+        region: str,
+        applied: AppliedPoll,
+        committed_at: datetime | None = None,
+    ) -> None:
+        """Publish a recorded poll: current state, metrics and the log lines of its changes.
+
+        `committed_at`: when the transaction that recorded its transitions committed."""
         result = applied.result
         if result.ok:
             self._current.replace_scope(result.scope, result.images or ())
             self._last_success[(source.key, region)] = result.started_at
-        self._metrics.poll_finished(result, applied.transitions)
+        self._metrics.poll_finished(result, applied.transitions, committed_at)
         context = {"target": source.key, "region": region}
         first_sights = 0
         for transition in applied.transitions:

@@ -25,7 +25,7 @@ from prometheus_client.utils import floatToGoString
 
 from monitor.model import KNOWN_STATES, Scope, StoredImage
 
-TARGET_RESOURCE_COUNT = "fastlaunch_image_target_resource_count"
+TARGET_RESOURCES = "fastlaunch_image_target_resources"
 MAX_PARALLEL_LAUNCHES = "fastlaunch_image_max_parallel_launches"
 STATE = "fastlaunch_image_state"
 STATE_TRANSITION_TIMESTAMP = "fastlaunch_image_state_transition_timestamp_seconds"
@@ -33,7 +33,7 @@ INFO = "fastlaunch_image_info"
 
 #: The per-image families of SPEC §6, in the order they are exposed.
 IMAGE_FAMILIES: tuple[str, ...] = (
-    TARGET_RESOURCE_COUNT,
+    TARGET_RESOURCES,
     MAX_PARALLEL_LAUNCHES,
     STATE,
     STATE_TRANSITION_TIMESTAMP,
@@ -195,12 +195,12 @@ def _info_lines(name: str, parts: _ScopeTemplates, images: Iterable[StoredImage]
 
 
 _COUNTS = {
-    TARGET_RESOURCE_COUNT: "target_resource_count",
+    TARGET_RESOURCES: "target_resource_count",
     MAX_PARALLEL_LAUNCHES: "max_parallel_launches",
 }
 
 _LINES: dict[str, Callable[[str, _ScopeTemplates, Iterable[StoredImage]], Iterator[str]]] = {
-    TARGET_RESOURCE_COUNT: _count_lines,
+    TARGET_RESOURCES: _count_lines,
     MAX_PARALLEL_LAUNCHES: _count_lines,
     STATE: _state_lines,
     STATE_TRANSITION_TIMESTAMP: _time_lines,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import groupby
 from typing import cast
 
@@ -35,7 +36,7 @@ from monitor.image_exposition import (
     MAX_PARALLEL_LAUNCHES,
     STATE,
     STATE_TRANSITION_TIMESTAMP,
-    TARGET_RESOURCE_COUNT,
+    TARGET_RESOURCES,
     Member,
     RenderedScopes,
     gzip_member,
@@ -47,7 +48,7 @@ from monitor.scope_metrics import ScopeFamily, ScopeMetrics
 # The help texts hold no backslash, quote or newline, so both exposition formats print them as
 # they are (the rendered text does not escape them).
 _HELP: dict[str, str] = {
-    TARGET_RESOURCE_COUNT: (
+    TARGET_RESOURCES: (
         "SnapshotConfiguration.TargetResourceCount of a fast launch image: "
         "the pre-provisioned snapshots to keep."
     ),
@@ -84,7 +85,7 @@ def _samples(name: str, images: Iterable[StoredImage]) -> Iterator[Sample]:
     for stored in images:
         image = stored.image
         labels = _labels(stored)
-        if name == TARGET_RESOURCE_COUNT and image.target_resource_count is not None:
+        if name == TARGET_RESOURCES and image.target_resource_count is not None:
             yield Sample(name, labels, float(image.target_resource_count))
         elif name == MAX_PARALLEL_LAUNCHES and image.max_parallel_launches is not None:
             yield Sample(name, labels, float(image.max_parallel_launches))
@@ -169,7 +170,8 @@ class ImageCollector:
 
 
 class MonitorMetrics:
-    """The monitor's own series: polls, transitions, alert delivery, leadership."""
+    """The monitor's own series: polls, transitions and their detection delays, alert
+    delivery, leadership."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._leader = False
@@ -193,9 +195,18 @@ class MonitorMetrics:
             registry=registry,
         )
 
-    def poll_finished(self, result: PollResult, transitions: Sequence[Transition]) -> None:
-        """Count one finished poll of a scope and the transitions it recorded."""
-        self.scopes.poll_finished(result, transitions)
+    def poll_finished(
+        self,
+        result: PollResult,
+        transitions: Sequence[Transition],
+        committed_at: datetime | None = None,
+    ) -> None:
+        """Count one finished poll of a scope and the transitions it recorded.
+
+        `committed_at`, when the transaction that recorded them committed, is what their
+        detection delays run to; without it none is observed.
+        """
+        self.scopes.poll_finished(result, transitions, committed_at)
 
     def forget_scopes(self, scopes: Iterable[Scope]) -> None:
         """Drop the poll series of scopes no longer polled, as a restart would."""

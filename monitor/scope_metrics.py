@@ -1,12 +1,13 @@
 """The monitor's own series of each (target, account, region): its polls and transitions.
 
 `fastlaunch_poll_success`, `fastlaunch_poll_duration_seconds`, `fastlaunch_poll_errors_total`,
-`fastlaunch_last_successful_poll_timestamp_seconds` and `fastlaunch_transitions_total` (SPEC §6)
-have a series (a histogram: 15) per scope, and a fleet has a thousand scopes. prometheus_client
-formats some 17,000 such samples in about 0.3 s, on the GIL the poll threads need, at every
-scrape. Here each scope keeps its numbers and the constant parts of its lines, and a scrape
-formats only the numbers: the same text, a tenth of the time. The families still carry
-`samples` (built on first access) for `get_sample_value` and any encoder that wants them.
+`fastlaunch_last_successful_poll_timestamp_seconds`, `fastlaunch_transitions_total` and
+`fastlaunch_detection_delay_seconds` (SPEC §6) have a series (a histogram: 15) per scope, and a
+fleet has a thousand scopes. prometheus_client formats some 17,000 such samples in about 0.3 s,
+on the GIL the poll threads need, at every scrape. Here each scope keeps its numbers and the
+constant parts of its lines, and a scrape formats only the numbers: the same text, a tenth of
+the time. The families still carry `samples` (built on first access) for `get_sample_value` and
+any encoder that wants them.
 
 No `_created` series: they are optional in OpenMetrics, unknown to Prometheus' text format,
 and would double the series of every counter and histogram.
@@ -18,6 +19,7 @@ import bisect
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from prometheus_client.core import Metric
 from prometheus_client.samples import Sample
@@ -30,9 +32,33 @@ POLL_DURATION = "fastlaunch_poll_duration_seconds"
 POLL_ERRORS = "fastlaunch_poll_errors"  # a counter's name; its samples are `..._total`
 LAST_SUCCESSFUL_POLL = "fastlaunch_last_successful_poll_timestamp_seconds"
 TRANSITIONS = "fastlaunch_transitions"  # a counter's name; its samples are `..._total`
+DETECTION_DELAY = "fastlaunch_detection_delay_seconds"
 
 #: A poll is one or more paged AWS calls, each 0.1 s to tens of seconds with retries.
 POLL_DURATION_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+#: A transition is learnt about half an interval after it happened on average, and at most an
+#: interval and a poll after: these cover intervals from seconds to an hour, and an outage of
+#: polls (which delays what the next poll finds) up to two hours.
+DETECTION_DELAY_BUCKETS: tuple[float, ...] = (
+    1,
+    5,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+)
+
+#: The `trigger` of a transition found by a poll of the interval's schedule.
+INTERVAL = "interval"
+#: Every `trigger` a detection delay may carry.
+TRIGGERS: tuple[str, ...] = (INTERVAL,)
 
 
 _FAMILIES: tuple[tuple[str, str, str], ...] = (
@@ -53,9 +79,57 @@ _FAMILIES: tuple[tuple[str, str, str], ...] = (
         "When the last successful poll of this target and region finished, Unix seconds.",
     ),
     (TRANSITIONS, "counter", "Recorded state transitions of fast launch images, by new state."),
+    (
+        DETECTION_DELAY,
+        "histogram",
+        "Seconds from a fast launch state transition (its StateTransitionTime) to the commit "
+        "that recorded it, by what triggered the poll that found it.",
+    ),
 )
 
 _LE = [go_float(bound) for bound in (*POLL_DURATION_BUCKETS, float("inf"))]
+_DELAY_LE = [go_float(bound) for bound in (*DETECTION_DELAY_BUCKETS, float("inf"))]
+
+
+def detection_delays(
+    result: PollResult, transitions: Iterable[Transition], committed_at: datetime
+) -> list[float]:
+    """The detection delay of each transition a poll recorded, committed at `committed_at`.
+
+    From the image's `StateTransitionTime` to the commit, in seconds. Only changes of an image
+    the poll listed with a `StateTransitionTime` count: a first sight (or a reappearance) may
+    be of a change made long before the monitor could look, and a removal (the image is not
+    listed) or a change without that time is dated by the monitor's own observation, which
+    says nothing of when it happened. A delay below zero (AWS's clock ahead of ours) counts
+    as 0.
+    """
+    changed = [t for t in transitions if t.previous_state is not None]
+    if not changed or not result.images:
+        return []
+    times = {image.image_id: image.state_transition_time for image in result.images}
+    delays = []
+    for transition in changed:
+        happened = times.get(transition.image_id)
+        if happened is not None:
+            delays.append(max(0.0, (committed_at - happened).total_seconds()))
+    return delays
+
+
+@dataclass(slots=True)
+class _Delays:
+    """One scope's detection delays of one trigger, as a histogram's buckets, count and sum."""
+
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(DETECTION_DELAY_BUCKETS) + 1))
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(DETECTION_DELAY_BUCKETS, seconds)] += 1
+        self.count += 1
+        self.total += seconds
+
+    def copy(self) -> _Delays:
+        return _Delays(list(self.buckets), self.count, self.total)
 
 
 @dataclass(slots=True)
@@ -69,6 +143,7 @@ class _Numbers:
     total: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
     transitions: dict[str, int] = field(default_factory=dict)
+    delays: dict[str, _Delays] = field(default_factory=dict)
 
     def copy(self) -> _Numbers:
         return _Numbers(
@@ -79,6 +154,7 @@ class _Numbers:
             self.total,
             dict(self.errors),
             dict(self.transitions),
+            {trigger: delays.copy() for trigger, delays in self.delays.items()},
         )
 
 
@@ -97,6 +173,14 @@ class _Labels:
         self.rest = f",{region},{target}}} "
         self.before_state = f"{{{account},{region},state="
         self.after_state = f",{target}}} "
+        # `trigger` sorts last.
+        self.with_trigger = {
+            trigger: (
+                f'{{{account},{region},{target},trigger="{escape(trigger)}"}} ',
+                f',{region},{target},trigger="{escape(trigger)}"}} ',
+            )
+            for trigger in TRIGGERS
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,12 +236,26 @@ def _transition_lines(name: str, scopes: Sequence[_ScopeView]) -> Iterator[str]:
             )
 
 
+def _delay_lines(name: str, scopes: Sequence[_ScopeView]) -> Iterator[str]:
+    for view in scopes:
+        labels = view.labels
+        for trigger, delays in view.numbers.delays.items():
+            plain, rest = labels.with_trigger[trigger]
+            cumulative = 0
+            for le, count in zip(_DELAY_LE, delays.buckets, strict=True):
+                cumulative += count
+                yield f'{name}_bucket{labels.before_le}"{le}"{rest}{go_float(cumulative)}\n'
+            yield f"{name}_count{plain}{go_float(delays.count)}\n"
+            yield f"{name}_sum{plain}{go_float(delays.total)}\n"
+
+
 _LINES: dict[str, Callable[[str, Sequence[_ScopeView]], Iterator[str]]] = {
     POLL_SUCCESS: _success_lines,
     POLL_DURATION: _duration_lines,
     POLL_ERRORS: _error_lines,
     LAST_SUCCESSFUL_POLL: _last_success_lines,
     TRANSITIONS: _transition_lines,
+    DETECTION_DELAY: _delay_lines,
 }
 
 
@@ -183,6 +281,15 @@ def _samples(name: str, scopes: Sequence[_ScopeView]) -> Iterator[Sample]:
         elif name == TRANSITIONS:
             for state, count in numbers.transitions.items():
                 yield Sample(f"{name}_total", {**labels, "state": state}, float(count))
+        elif name == DETECTION_DELAY:
+            for trigger, delays in numbers.delays.items():
+                with_trigger = {**labels, "trigger": trigger}
+                cumulative = 0
+                for le, count in zip(_DELAY_LE, delays.buckets, strict=True):
+                    cumulative += count
+                    yield Sample(f"{name}_bucket", {**with_trigger, "le": le}, float(cumulative))
+                yield Sample(f"{name}_count", with_trigger, float(delays.count))
+                yield Sample(f"{name}_sum", with_trigger, delays.total)
 
 
 class ScopeFamily(Metric):
@@ -222,8 +329,18 @@ class ScopeMetrics:
         self._lock = threading.Lock()
         self._scopes: dict[Scope, tuple[_Labels, _Numbers]] = {}
 
-    def poll_finished(self, result: PollResult, transitions: Iterable[Transition]) -> None:
-        """Count one finished poll of a scope and the transitions it recorded."""
+    def poll_finished(
+        self,
+        result: PollResult,
+        transitions: Sequence[Transition],
+        committed_at: datetime | None = None,
+    ) -> None:
+        """Count one finished poll of a scope and the transitions it recorded.
+
+        `committed_at`: when the transaction that recorded them committed; with it, their
+        detection delays are observed (see `detection_delays`).
+        """
+        delays = [] if committed_at is None else detection_delays(result, transitions, committed_at)
         with self._lock:
             entry = self._scopes.get(result.scope)
             if entry is None:
@@ -242,6 +359,10 @@ class ScopeMetrics:
             for transition in transitions:
                 state = transition.new_state
                 numbers.transitions[state] = numbers.transitions.get(state, 0) + 1
+            if delays:
+                histogram = numbers.delays.setdefault(INTERVAL, _Delays())
+                for seconds in delays:
+                    histogram.observe(seconds)
 
     def forget(self, scopes: Iterable[Scope]) -> None:
         """Drop every series of `scopes` (no longer polled)."""

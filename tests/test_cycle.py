@@ -24,7 +24,7 @@ from monitor.cycle import (
     poll_processes_advice,
 )
 from monitor.errors import StoreError
-from monitor.metrics import MAX_PARALLEL_LAUNCHES, STATE, TARGET_RESOURCE_COUNT, build_registry
+from monitor.metrics import MAX_PARALLEL_LAUNCHES, STATE, TARGET_RESOURCES, build_registry
 from monitor.model import REMOVED, AppliedPoll, PollResult
 from monitor.settings import TargetSettings
 from monitor.simulator import ManualClock, simulator_for
@@ -97,7 +97,7 @@ def test_a_first_cycle_records_an_appeared_transition_per_image(
         assert len(store.current_images()) == 4
         assert state_of(mon, enabling, "enabling") == 1.0
         assert state_of(mon, enabling, "enabled") == 0.0
-        assert mon.sample(TARGET_RESOURCE_COUNT, **labels(enabled[0])) is not None
+        assert mon.sample(TARGET_RESOURCES, **labels(enabled[0])) is not None
         assert mon.sample("fastlaunch_poll_success", **scope_labels()) == 1.0
         transitions = mon.sample("fastlaunch_transitions_total", **scope_labels(), state="enabled")
         assert transitions == 3.0
@@ -176,7 +176,7 @@ def test_a_failed_poll_changes_no_image_and_the_gauges_keep_their_values(
         errors = mon.sample("fastlaunch_poll_errors_total", **scope_labels(), error=code)
         assert errors == 1.0
         assert state_of(mon, image_id, "enabled") == 1.0
-        assert mon.sample(TARGET_RESOURCE_COUNT, **labels(other)) == 7.0
+        assert mon.sample(TARGET_RESOURCES, **labels(other)) == 7.0
         assert mon.sample(MAX_PARALLEL_LAUNCHES, **labels(other)) == 6.0
         assert mon.cycle.last_success() == {("targets[0]", REGION): START}
 
@@ -247,7 +247,7 @@ def test_an_image_disabled_and_gone_is_recorded_as_removed_and_its_series_droppe
         ]
         assert [s.image.image_id for s in store.current_images()] == [staying]
         assert state_of(mon, leaving, "disabling") is None
-        assert mon.sample(TARGET_RESOURCE_COUNT, **labels(leaving)) is None
+        assert mon.sample(TARGET_RESOURCES, **labels(leaving)) is None
         assert state_of(mon, staying, "enabled") == 1.0
 
 
@@ -773,3 +773,25 @@ def test_an_html_page_answered_200_fails_the_poll_and_removes_no_image(
     assert poll.transitions == ()
     assert sorted(i.image.image_id for i in sqlite_store.current_images()) == sorted(seeded)
     assert all(e.transition.new_state != REMOVED for e in sqlite_store.history())
+
+
+def test_a_cycle_counts_a_change_from_its_state_transition_time_to_the_commit_that_recorded_it(
+    clock: ManualClock, sqlite_store: Store
+) -> None:
+    sim = simulator_for(ACCOUNT, REGION)
+    image_id, _ = sim.seed(2, states="enabled")
+    delays = {**scope_labels(), "trigger": "interval"}
+
+    with monitor(sqlite_store, [source()], clock=clock) as mon:
+        mon.cycle.run()
+        after_first_sights = mon.sample("fastlaunch_detection_delay_seconds_count", **delays)
+        clock.advance(30)
+        sim.force_state(image_id, "enabled-failed")
+        clock.advance(200)
+        mon.cycle.run()
+
+        assert after_first_sights is None
+        assert mon.sample("fastlaunch_detection_delay_seconds_count", **delays) == 1
+        assert mon.sample("fastlaunch_detection_delay_seconds_sum", **delays) == 200
+        assert mon.sample("fastlaunch_detection_delay_seconds_bucket", **delays, le="120.0") == 0
+        assert mon.sample("fastlaunch_detection_delay_seconds_bucket", **delays, le="300.0") == 1

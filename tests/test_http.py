@@ -105,12 +105,12 @@ def fetch(
 
 
 def gauges(text: bytes) -> dict[tuple[str, str], float]:
-    """(metric, image id) -> value, for the per-image count gauges of an exposition."""
+    """(metric, image id) -> value, for the `TargetResourceCount` gauges of an exposition."""
     return {
         (sample.name, sample.labels["image_id"]): sample.value
         for family in text_string_to_metric_families(text.decode())
         for sample in family.samples
-        if sample.name.startswith("fastlaunch_image_") and "count" in sample.name
+        if sample.name == "fastlaunch_image_target_resources"
     }
 
 
@@ -120,8 +120,8 @@ def test_metrics_serve_the_images_gauges_in_the_prometheus_text_format(monitor: 
     assert reply.status == 200
     assert reply.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     assert gauges(reply.body) == {
-        ("fastlaunch_image_target_resource_count", "ami-1"): 5,
-        ("fastlaunch_image_target_resource_count", "ami-2"): 9,
+        ("fastlaunch_image_target_resources", "ami-1"): 5,
+        ("fastlaunch_image_target_resources", "ami-2"): 9,
     }
     assert b"fastlaunch_leader 1.0\n" in reply.body
 
@@ -131,7 +131,7 @@ def test_metrics_follow_the_current_state_from_one_scrape_to_the_next(monitor: M
 
     reply = fetch(f"{monitor.server.url}/metrics")
 
-    assert gauges(reply.body) == {("fastlaunch_image_target_resource_count", "ami-2"): 7}
+    assert gauges(reply.body) == {("fastlaunch_image_target_resources", "ami-2"): 7}
     assert b'image_id="ami-1"' not in reply.body
 
 
@@ -141,7 +141,7 @@ def test_a_failed_poll_keeps_serving_the_last_values(monitor: Monitor):
     monitor.metrics.poll_finished(failed, [])
     reply = fetch(f"{monitor.server.url}/metrics")
 
-    assert gauges(reply.body)[("fastlaunch_image_target_resource_count", "ami-2")] == 9
+    assert gauges(reply.body)[("fastlaunch_image_target_resources", "ami-2")] == 9
     assert (
         b'fastlaunch_poll_success{account_id="111111111111",region="eu-west-1",target="prod"} 0.0'
         in reply.body

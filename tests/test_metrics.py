@@ -94,7 +94,7 @@ def test_an_image_exports_its_counts_transition_time_and_info():
     registry = leading(current)
 
     value = registry.get_sample_value
-    assert value("fastlaunch_image_target_resource_count", labels()) == 5
+    assert value("fastlaunch_image_target_resources", labels()) == 5
     assert value("fastlaunch_image_max_parallel_launches", labels()) == 6
     assert value("fastlaunch_image_state_transition_timestamp_seconds", labels()) == (
         CHANGED_AT.timestamp()
@@ -165,7 +165,7 @@ def test_what_aws_left_out_exports_no_series_and_empty_info_labels():
     current.replace_scope(PROD, [bare])
     registry = leading(current)
 
-    assert registry.get_sample_value("fastlaunch_image_target_resource_count", labels()) is None
+    assert registry.get_sample_value("fastlaunch_image_target_resources", labels()) is None
     assert registry.get_sample_value("fastlaunch_image_max_parallel_launches", labels()) is None
     assert (
         registry.get_sample_value("fastlaunch_image_state_transition_timestamp_seconds", labels())
@@ -211,7 +211,7 @@ def test_a_failed_poll_keeps_the_image_gauges_and_sets_poll_success_to_zero():
     metrics.poll_finished(poll(error="RequestLimitExceeded"), [])
 
     assert registry.get_sample_value("fastlaunch_poll_success", scope_labels()) == 0
-    assert registry.get_sample_value("fastlaunch_image_target_resource_count", labels()) == 5
+    assert registry.get_sample_value("fastlaunch_image_target_resources", labels()) == 5
     after = body(registry).split(b"\n")
     assert [line for line in after if line.startswith(b"fastlaunch_image_")] == [
         line for line in before if line.startswith(b"fastlaunch_image_")
@@ -353,6 +353,9 @@ def awkward_registry() -> CollectorRegistry:
     registry, metrics = build_registry(current)
     metrics.set_leader(True)
     metrics.poll_finished(poll(), [Transition("ami-1", None, "enabled", CHANGED_AT, "")])
+    awkward = poll(Scope('ta"rget\\', "333333333333", "ap-south-2"))
+    changed = Transition(image().image_id, "enabling", "enabled", CHANGED_AT, "")
+    metrics.poll_finished(awkward, [changed], CHANGED_AT + timedelta(seconds=90.25))
     metrics.alerts_pending.labels(receiver="ops").set(1)
     return registry
 
@@ -392,8 +395,7 @@ def test_the_exposition_parses_back_into_the_images_gauges():
     families = {f.name: f for f in text_string_to_metric_families(body(registry).decode())}
 
     counts = {
-        s.labels["image_id"]: s.value
-        for s in families["fastlaunch_image_target_resource_count"].samples
+        s.labels["image_id"]: s.value for s in families["fastlaunch_image_target_resources"].samples
     }
     assert counts == {f"ami-{n}": 5 for n in range(1, 8)} | {"ami-2": 1_234_567}
     info = {s.labels["image_id"]: s.labels for s in families["fastlaunch_image_info"].samples}

@@ -29,7 +29,7 @@ def test_the_gauges_on_metrics_match_the_images(sim, start_daemon):
     samples = daemon.scrape()
     for image_id, count, parallel in ((small, 3, 6), (large, 20, 12)):
         labels = frozenset(image_labels(image_id).items())
-        assert samples[("fastlaunch_image_target_resource_count", labels)] == count
+        assert samples[("fastlaunch_image_target_resources", labels)] == count
         assert samples[("fastlaunch_image_max_parallel_launches", labels)] == parallel
     state = dict(image_labels(failed), state="enabling-failed")
     assert samples[("fastlaunch_image_state", frozenset(state.items()))] == 1

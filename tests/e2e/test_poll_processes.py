@@ -227,7 +227,7 @@ def test_the_daemon_polls_through_poll_processes_which_end_with_it(sim, start_da
     wait_for(lambda: daemon.value("fastlaunch_poll_success", **SCOPE) == 1, what="a poll")
 
     labels = {**SCOPE, "image_id": image_id}
-    assert daemon.value("fastlaunch_image_target_resource_count", **labels) == 9
+    assert daemon.value("fastlaunch_image_target_resources", **labels) == 9
     assert daemon.value("fastlaunch_leader") == 1
     # One target: one account, so one of the two processes serves it and the other never starts.
     (child,) = children_of(daemon.process.pid)
