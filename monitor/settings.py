@@ -25,6 +25,12 @@ from monitor.durations import parse_duration
 from monitor.errors import ConfigError
 from monitor.logs import LEVELS
 from monitor.model import FAILED_STATES, KNOWN_STATES
+from monitor.proxies import (
+    environment_proxies,
+    environment_proxy_for,
+    from_environment,
+    proxy_problem,
+)
 
 CONFIG_ENV: Final = "FASTLAUNCH_MONITOR_CONFIG"
 DATABASE_URL_ENV: Final = "FASTLAUNCH_MONITOR_DATABASE_URL"
@@ -69,6 +75,7 @@ _WEBHOOK_KEYS = (
     "send_resolved",
     "ca_file",
     "timeout",
+    "proxy",
 )
 
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
@@ -173,7 +180,8 @@ class WebhookSettings:
     """One `[[alerts.webhooks]]` entry; `urls` has several entries only for `alertmanager`.
 
     `secret` is the stripped content of `secret_file`: the HMAC key for `json`, the routing key
-    for `pagerduty`.
+    for `pagerduty`. `proxies[i]` is the HTTP proxy `urls[i]` goes through (an `http://` URL,
+    perhaps with credentials), `None` when it goes direct; all go direct when it is empty.
     """
 
     name: str
@@ -185,6 +193,7 @@ class WebhookSettings:
     send_resolved: bool = True
     ca_file: Path | None = None
     timeout: float = _WEBHOOK_TIMEOUT
+    proxies: tuple[str | None, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -699,6 +708,7 @@ def _webhook(table: _Table) -> WebhookSettings:
         send_resolved=table.boolean("send_resolved", True),
         ca_file=table.existing_file("ca_file"),
         timeout=table.duration("timeout", _WEBHOOK_TIMEOUT, allow_zero=False),
+        proxies=_webhook_proxies(table, urls),
     )
 
 
@@ -725,6 +735,32 @@ def _webhook_urls(table: _Table) -> tuple[str, tuple[str, ...]]:
         if problem:
             raise table.error("url_file", f"line {number} of the file: {problem}")
     return "url_file", lines
+
+
+def _webhook_proxies(table: _Table, urls: tuple[str, ...]) -> tuple[str | None, ...]:
+    """The proxy of each URL: the `proxy` key for all ("" for none), else the environment's."""
+    proxy = table.string("proxy", allow_empty=True)
+    if proxy == "":
+        return tuple(None for _ in urls)
+    if proxy is not None:
+        problem = proxy_problem(proxy)
+        if problem:
+            raise table.error("proxy", problem)
+        return tuple(proxy for _ in urls)
+    environment = environment_proxies(table.env)
+    proxies: list[str | None] = []
+    for url in urls:
+        chosen = environment_proxy_for(url, environment)
+        if chosen is None:
+            proxies.append(None)
+            continue
+        value = from_environment(chosen.value)
+        problem = proxy_problem(value)
+        if problem:
+            fix = f'fix it, or set "proxy" in {table.path} ("" to go direct)'
+            raise ConfigError(f"${chosen.variable}", None, f"{problem}; {fix}")
+        proxies.append(value)
+    return tuple(proxies)
 
 
 def _headers(table: _Table) -> tuple[tuple[str, str], ...]:

@@ -56,7 +56,12 @@ def backoff(attempts: int, rng: random.Random, retry_after: float | None = None)
 
 
 def fingerprint(webhook: WebhookSettings) -> str:
-    """A digest of a receiver's config, to notice that it changed; no secret can be read back."""
+    """A digest of a receiver's config, to notice that it changed; no secret can be read back.
+
+    The proxies are part of it: a 410 may have come from the way to the receiver, and another
+    proxy is another way. A receiver that goes direct keeps the digest it had before proxies
+    were, so an upgrade re-enables no receiver.
+    """
     parts = (
         webhook.name,
         webhook.format,
@@ -64,6 +69,8 @@ def fingerprint(webhook: WebhookSettings) -> str:
         webhook.secret or "",
         *(f"{k}:{v}" for k, v in sorted(webhook.headers)),
     )
+    if any(webhook.proxies):
+        parts = (*parts, *(f"proxy:{proxy or ''}" for proxy in webhook.proxies))
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 

@@ -4,15 +4,21 @@ The only module that talks HTTP to webhook receivers. Its contract:
 
 - TLS is always verified: against the webhook's `ca_file` alone when it has one (a private CA),
   else against the system's trust store (`ssl.create_default_context()`).
+- A URL with a proxy (`WebhookSettings.proxies`) goes through it: an HTTPS receiver through a
+  `CONNECT` tunnel, TLS verified end to end as above; an HTTP receiver in absolute form. The
+  proxy's credentials go as `Proxy-Authorization` (basic), to the proxy only. A proxy that
+  cannot be reached or refuses the tunnel is a `ProxyError`; so is a 407 (proxy authentication
+  required) to an HTTP request, which never is the receiver's answer.
 - Redirects are not followed: a 3xx is an answer like any other, and nothing reaches the
   `Location` it names.
 - Nothing is retried here; the dispatcher owns retries, backoff and `Retry-After`.
 - A request that gets no answer has `DeliveryOutcome.error` set to the class name of the
   exception (`ReadTimeoutError`, `NewConnectionError`, `SSLError`, ...), never its message,
   which names the URL.
-- URLs and header values may be secrets (a Slack URL, a token): they never reach a log record,
-  an outcome or an exception. That includes urllib3's own log records, several of which print
-  the URL: while a delivery runs, they are withheld (see `_UrllibLogGuard`).
+- URLs, header values and proxy credentials may be secrets (a Slack URL, a token): they never
+  reach a log record, an outcome or an exception. That includes urllib3's own log records,
+  several of which print the URL: while a delivery runs, they are withheld (see
+  `_UrllibLogGuard`).
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Final
+from urllib.parse import urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError
 
 from monitor.alerts.records import DeliveryOutcome, WebhookRequest
 from monitor.errors import ConfigError
+from monitor.proxies import proxy_address, proxy_credentials
 from monitor.settings import WebhookSettings
 
 # Receivers' answers are not used; a bounded read keeps small answers' connections reusable
@@ -42,6 +50,9 @@ _ANSWER_LIMIT: Final = 64 * 1024
 _RETRY_AFTER_CEILING: Final = 365 * 86400.0
 
 _DELTA_SECONDS = re.compile(r"-?[0-9]+")
+
+# "Proxy Authentication Required": only a proxy answers it.
+_PROXY_AUTH_REQUIRED: Final = 407
 
 # Every logger urllib3 logs to; urllib3 names them after its modules.
 _URLLIB3_LOGGERS: Final = (
@@ -74,11 +85,19 @@ class WebhookSender:
         # Half of the budget to connect (TCP and TLS handshake), all of it for the whole
         # exchange: urllib3 gives the answer what the connection left of `total`.
         self._timeout = urllib3.Timeout(total=webhook.timeout, connect=webhook.timeout / 2)
+        tls = _tls_context(webhook)
+        num_pools = max(1, len(webhook.urls))
         self._pool = urllib3.PoolManager(
-            num_pools=max(1, len(webhook.urls)),
-            cert_reqs="CERT_REQUIRED",
-            ssl_context=_tls_context(webhook),
+            num_pools=num_pools, cert_reqs="CERT_REQUIRED", ssl_context=tls
         )
+        # The proxy of each receiver, by origin: requests go to paths under the webhook's URLs.
+        self._proxied: dict[_Origin, _Route] = {}
+        routes: dict[str, _Route] = {}
+        for url, proxy in zip(webhook.urls, webhook.proxies, strict=False):
+            if proxy is not None:
+                if proxy not in routes:
+                    routes[proxy] = _Route(proxy, tls, num_pools)
+                self._proxied[_origin(url)] = routes[proxy]
         _guard_urllib3_logs()
 
     def send(self, request: WebhookRequest) -> DeliveryOutcome:
@@ -88,25 +107,31 @@ class WebhookSender:
         broken answers are all outcomes. `seconds` is the monotonic duration of the attempt.
         """
         started = time.monotonic()
+        route = self._route(request.url)
         token = _delivering_to.set(self._name)
         try:
-            outcome = self._exchange(request, started)
+            outcome = self._exchange(request, route, started)
         finally:
             _delivering_to.reset(token)
+        # The proxy's address helps to tell a proxy's failure from the receiver's; its
+        # credentials are not part of it.
+        through = f" through proxy {route.address}" if route else ""
         if outcome.status is None:
             _log.debug(
-                "webhook %s: no answer (%s) after %.3f s",
+                "webhook %s: no answer (%s) after %.3f s%s",
                 self._name,
                 outcome.error,
                 outcome.seconds,
+                through,
                 extra={"receiver": self._name},
             )
         else:
             _log.debug(
-                "webhook %s answered %d in %.3f s",
+                "webhook %s answered %d in %.3f s%s",
                 self._name,
                 outcome.status,
                 outcome.seconds,
+                through,
                 extra={"receiver": self._name},
             )
         return outcome
@@ -114,6 +139,8 @@ class WebhookSender:
     def close(self) -> None:
         """Close every pooled connection; the sender opens new ones if used again."""
         self._pool.clear()
+        for route in self._proxied.values():
+            route.pool.clear()
 
     def __enter__(self) -> WebhookSender:
         return self
@@ -121,9 +148,19 @@ class WebhookSender:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _exchange(self, request: WebhookRequest, started: float) -> DeliveryOutcome:
+    def _route(self, url: str) -> _Route | None:
         try:
-            response = self._pool.request(
+            return self._proxied.get(_origin(url))
+        except ValueError:
+            # Not a URL urllib3 can send to either: the request fails as it would direct.
+            return None
+
+    def _exchange(
+        self, request: WebhookRequest, route: _Route | None, started: float
+    ) -> DeliveryOutcome:
+        pool = self._pool if route is None else route.pool
+        try:
+            response = pool.request(
                 request.method,
                 request.url,
                 body=request.body,
@@ -139,6 +176,13 @@ class WebhookSender:
             return DeliveryOutcome(
                 status=None, error=type(exc).__name__, seconds=time.monotonic() - started
             )
+        if route is not None and response.status == _PROXY_AUTH_REQUIRED:
+            # The proxy refused us, as it does a tunnel (urllib3's ProxyError): the alert is
+            # retried once the credentials are fixed, not failed as if the receiver refused it.
+            _discard_answer(response)
+            return DeliveryOutcome(
+                status=None, error="ProxyError", seconds=time.monotonic() - started
+            )
         retry_after = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
         _discard_answer(response)
         return DeliveryOutcome(
@@ -146,6 +190,33 @@ class WebhookSender:
             error=None,
             seconds=time.monotonic() - started,
             retry_after=retry_after,
+        )
+
+
+_Origin = tuple[str, str, int | None]
+
+
+def _origin(url: str) -> _Origin:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or ""), parts.port
+
+
+class _Route:
+    """The way through one proxy: its connection pools, and the address it is logged by."""
+
+    __slots__ = ("address", "pool")
+
+    def __init__(self, proxy: str, tls: ssl.SSLContext, num_pools: int) -> None:
+        self.address = urlsplit(proxy_address(proxy)).netloc
+        credentials = proxy_credentials(proxy)
+        self.pool = urllib3.ProxyManager(
+            proxy_address(proxy),
+            num_pools=num_pools,
+            proxy_headers=(
+                urllib3.make_headers(proxy_basic_auth=credentials) if credentials else None
+            ),
+            cert_reqs="CERT_REQUIRED",
+            ssl_context=tls,
         )
 
 

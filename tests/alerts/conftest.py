@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.alerts.receivers import CertificateAuthority, Receiver, refusing_url
+from tests.alerts.tinyproxy import Tinyproxy, tinyproxies
 
 
 @pytest.fixture
@@ -50,3 +52,11 @@ def refused_url() -> Iterator[str]:
     """A loopback URL on which connections are refused."""
     with refusing_url("/hook") as url:
         yield url
+
+
+@pytest.fixture
+def start_tinyproxy(tmp_path: Path) -> Iterator[Callable[..., Tinyproxy]]:
+    """A starter of real tinyproxies on loopback (`credentials=(user, password)` for basic
+    auth), all stopped after the test; see `tests/alerts/tinyproxy.py`."""
+    with tinyproxies(tmp_path) as start:
+        yield start

@@ -173,6 +173,21 @@ def test_a_receiver_disabled_by_410_comes_back_when_its_config_changes(world):
     assert [r.json()["image_id"] for r in world.receiver.requests] == ["ami-1", "ami-2"]
 
 
+def test_a_receiver_disabled_by_410_comes_back_when_its_proxy_changes(world, start_tinyproxy):
+    world.receiver.answer(Answer(410))
+    world.poll(an_image("enabled-failed"))
+    world.dispatcher.dispatch_due()
+    world.poll(an_image("enabled-failed"), an_image("enabled-failed", image_id="ami-2"))
+    assert world.new_dispatcher().dispatch_due() == 0
+    proxy = start_tinyproxy()
+
+    through_proxy = replace(world.webhooks[0], proxies=(proxy.url,))
+    assert world.new_dispatcher([through_proxy]).dispatch_due() == 1
+    assert [r.json()["image_id"] for r in world.receiver.requests] == ["ami-1", "ami-2"]
+    assert world.receiver.requests[-1].header("Via") is not None
+    assert proxy.wait_for_request("POST ")
+
+
 def test_backoff_grows_from_1_second_to_5_minutes_with_jitter():
     rng = random.Random(1)
     assert backoff(0, rng) == 1.0
@@ -234,3 +249,26 @@ def test_two_dispatchers_on_postgresql_never_deliver_one_alert_twice(postgres_ur
     event_ids = [r.json()["event_id"] for r in receiver.requests]
     assert len(event_ids) == 60
     assert len(set(event_ids)) == 60
+
+
+def test_the_fingerprint_changes_with_the_proxy_and_reveals_none_of_its_credentials():
+    hook = WebhookSettings(name="ops", urls=("https://h.example/x",), proxies=(None,))
+    through = replace(hook, proxies=("http://alice:pa55word@proxy:3128",))
+    assert fingerprint(through) != fingerprint(hook)
+    assert fingerprint(through) != fingerprint(replace(through, proxies=("http://proxy:3128",)))
+    assert fingerprint(through) != fingerprint(
+        replace(through, proxies=("http://alice:other@proxy:3128",))
+    )
+    assert "pa55word" not in fingerprint(through)
+
+
+def test_a_receiver_without_a_proxy_keeps_the_fingerprint_it_had_before_proxies():
+    # A new fingerprint would re-enable every receiver disabled by a 410 before the upgrade.
+    hook = WebhookSettings(
+        name="ops",
+        urls=("https://h.example/token-abc",),
+        secret="key-xyz",
+        headers=(("X-Team", "a"),),
+        proxies=(None,),
+    )
+    assert fingerprint(hook) == "def11f2b125044e61e690dece227fd801d502f160f4ef94537fc28defbae320f"
