@@ -32,6 +32,7 @@ from botocore.utils import parse_timestamp as botocore_parse_timestamp
 from monitor.errors import ConfigError, SourceError
 from monitor.model import Scope
 from monitor.ratelimit import RateLimits, TokenBucket
+from monitor.redact import redact_url_credentials
 from monitor.service_model import TrimmedModelLoader
 from monitor.settings import AwsSettings, TargetSettings
 
@@ -59,17 +60,20 @@ def _utc_now() -> datetime:
 
 
 def translate(exc: Exception) -> SourceError:
-    """Turn a botocore exception into a `SourceError` named by the AWS error code or class."""
+    """Turn a botocore exception into a `SourceError` named by the AWS error code or class.
+
+    Credentials in a URL the message quotes are masked (`redact_url_credentials`).
+    """
     if isinstance(exc, SourceError):
         return exc
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code") or "ClientError")
-        return SourceError(code, str(error.get("Message") or code))
+        return SourceError(code, redact_url_credentials(str(error.get("Message") or code)))
     if isinstance(exc, ResponseParserError):
         return SourceError("InvalidResponse", "the response could not be parsed")
-    # botocore's messages name endpoints and profiles, never credentials.
-    return SourceError(type(exc).__name__, str(exc))
+    # botocore's messages name endpoints and profiles, and an endpoint URL may hold a password.
+    return SourceError(type(exc).__name__, redact_url_credentials(str(exc)))
 
 
 class _AssumedRoleProvider(CredentialProvider):  # type: ignore[misc]
