@@ -36,6 +36,7 @@ from botocore.utils import parse_timestamp as botocore_parse_timestamp
 from monitor.errors import ConfigError, SourceError
 from monitor.model import Scope
 from monitor.ratelimit import RateLimits, TokenBucket
+from monitor.redact import redact_url_credentials
 from monitor.service_model import TrimmedModelLoader
 from monitor.settings import AwsSettings, TargetSettings
 
@@ -93,7 +94,10 @@ MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 def translate(exc: Exception) -> SourceError:
-    """Turn a botocore exception into a `SourceError` named by the AWS error code or class."""
+    """Turn a botocore exception into a `SourceError` named by the AWS error code or class.
+
+    Credentials in a URL the message quotes are masked (`redact_url_credentials`).
+    """
     if isinstance(exc, SourceError):
         return exc
     if isinstance(exc, ClientError):
@@ -103,9 +107,9 @@ def translate(exc: Exception) -> SourceError:
     elif isinstance(exc, ResponseParserError):
         code, message = "InvalidResponse", "the response could not be parsed"
     else:
-        # botocore's messages name endpoints and profiles, never credentials.
+        # botocore's messages name endpoints (a URL may carry credentials) and profiles.
         code, message = type(exc).__name__, str(exc)
-    return SourceError(code, message, permanent=code in NEEDS_A_PERSON)
+    return SourceError(code, redact_url_credentials(message), permanent=code in NEEDS_A_PERSON)
 
 
 class _AssumedRoleProvider(CredentialProvider):  # type: ignore[misc]

@@ -2,7 +2,9 @@
 
 Every command builds its objects from the settings and hands off to the modules that do the
 work. Errors leave as one line on stderr: exit 2 for bad usage or config, 1 for a runtime
-failure; never a traceback for either.
+failure; never a traceback for either. Text output shows every value on its own line or in its
+own cell whatever it holds: values from AWS (image ids, states, reasons, error messages) are
+printed with their control characters escaped (`printable`); `--json` escapes them as JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from monitor.durations import parse_duration
 from monitor.errors import ConfigError, MonitorError, SchemaBehindError
 from monitor.logs import LEVELS, setup_logging
 from monitor.model import HistoryEntry, PollSummary, Scope, StoredImage
+from monitor.printable import printable
 from monitor.settings import Settings, config_path, load_settings
 from monitor.store import Store
 from monitor.times import rfc3339
@@ -89,7 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(line: str) -> None:
+    """Print one line of text output; whatever it quotes stays on that line."""
+    print(printable(line))
+
+
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    rows = [[printable(str(value)) for value in row] for row in rows]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
@@ -199,7 +208,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     print(_table(rows, header) if rows else "no fast launch images recorded yet")
     for poll in polls:
         outcome = "ok" if poll.ok else f"FAILED {poll.error_code}"
-        print(
+        _say(
             f"last poll {poll.scope.target}/{poll.scope.region}: {outcome} at "
             f"{rfc3339(poll.started_at)}"
         )
@@ -311,13 +320,13 @@ def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
         poll = applied.result
         where = f"{poll.scope.target or '?'}/{poll.scope.region}"
         if poll.ok:
-            print(
+            _say(
                 f"{where}: ok, {len(poll.images or ())} images in {poll.pages} pages, "
                 f"{len(applied.transitions)} transitions, {poll.duration_seconds:.2f}s"
             )
         else:
-            print(f"{where}: FAILED {poll.error_code}: {poll.error_message}")
-    print(result.summary())
+            _say(f"{where}: FAILED {poll.error_code}: {poll.error_message}")
+    _say(result.summary())
     return 1 if result.failed else 0
 
 
@@ -326,7 +335,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from monitor.errors import SourceError
     from monitor.store import create_engine_for, current_revision, head_revision
 
-    print(f"config {settings.source}: ok")
+    _say(f"config {settings.source}: ok")
     ok = True
     engine = create_engine_for(settings.database.url)
     try:
@@ -338,9 +347,9 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
                 f"behind (at {revision or 'empty'}): `{PROG} db upgrade` or the daemon applies it"
             )
         )
-        print(f"database {settings.database.safe_url}: ok, schema {schema}")
+        _say(f"database {settings.database.safe_url}: ok, schema {schema}")
     except MonitorError as exc:
-        print(f"database {settings.database.safe_url}: FAILED {exc}")
+        _say(f"database {settings.database.safe_url}: FAILED {exc}")
         ok = False
     finally:
         engine.dispose()
@@ -348,13 +357,13 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         try:
             account = source.account_id()
         except SourceError as exc:
-            print(f"target {source.key}: FAILED {exc}")
+            _say(f"target {source.key}: FAILED {exc}")
             ok = False
             continue
         outcomes = [(region, source.check(region)) for region in source.regions]
         ok = ok and all(o.permitted for _, o in outcomes)
         regions = ", ".join(f"{region} {o.detail}" for region, o in outcomes)
-        print(f"target {source.key} ({account}): {regions}")
+        _say(f"target {source.key} ({account}): {regions}")
     return 0 if ok else 1
 
 
@@ -415,10 +424,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup_logging(_log_level(args, settings), args.log_format)
         return COMMANDS[args.command](settings, args)
     except ConfigError as exc:
-        print(f"{PROG}: config error: {exc}", file=sys.stderr)
+        print(f"{PROG}: config error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except MonitorError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{PROG}: {printable(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

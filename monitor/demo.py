@@ -10,11 +10,14 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import shlex
+import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +39,31 @@ def _free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def invoked_as(
+    argv0: str, executable: str, which: Callable[[str], str | None] = shutil.which
+) -> str:
+    """The command that started this process, as a shell can run it again from the same
+    folder: the console script as it was given (`.venv/bin/fastlaunch-monitor`; its bare name
+    when that is what the PATH finds), else `<python> -m monitor`.
+
+    A console script run through its `#!` line sees the path it was found at in `argv0`;
+    `python -m monitor` sees the path of `monitor/__main__.py`, and `python -c` sees `-c`.
+    """
+    if argv0 and argv0 not in ("-c", "-m") and not argv0.endswith(".py"):
+        name = os.path.basename(argv0)
+        found = which(name)
+        if found is not None and os.path.abspath(found) == os.path.abspath(argv0):
+            return name
+        return shlex.quote(argv0)
+    # The venv's python is a symlink to the system's: compared unresolved, or a bare
+    # `python` would leave the venv (and the monitor installed in it) behind.
+    python = os.path.basename(executable)
+    found = which(python)
+    if found is None or os.path.abspath(found) != os.path.abspath(executable):
+        python = shlex.quote(executable)
+    return f"{python} -m monitor"
 
 
 def demo_config(
@@ -127,7 +155,8 @@ def run_demo(duration: float | None, *, speed: float = 1.0) -> int:
         settings = parse_settings(config.read_text(), source=str(config), env={}, base_dir=workdir)
         daemon = Daemon(open_runtime(settings))
         daemon.start()
-        print(_banner(daemon.http_url, config, story), flush=True)
+        command = invoked_as(sys.argv[0], sys.executable)
+        print(_banner(daemon.http_url, config, story, command), flush=True)
         deadline = None if duration is None else time.monotonic() + duration
         try:
             run_until_signalled(daemon, threading.Event(), deadline)
@@ -138,14 +167,17 @@ def run_demo(duration: float | None, *, speed: float = 1.0) -> int:
     return 0
 
 
-def _banner(http_url: str, config: Path, story: Sequence[DemoImage]) -> str:
+def _banner(http_url: str, config: Path, story: Sequence[DemoImage], command: str) -> str:
+    # The commands as this demo was started, so they run as printed even where the
+    # console script is not on the PATH (the Quickstart's `.venv/bin/fastlaunch-monitor`).
+    run = f"{command} --config {shlex.quote(str(config))}"
     lines = [
         "",
         "fastlaunch-monitor demo: the daemon is polling a simulated EC2 on loopback",
         f"  metrics:  {http_url}/metrics   (also /healthz, /readyz)",
-        f"  try:      fastlaunch-monitor --config {config} status",
-        f"            fastlaunch-monitor --config {config} history",
-        f"            fastlaunch-monitor --config {config} alerts",
+        f"  try:      {run} status",
+        f"            {run} history",
+        f"            {run} alerts",
         f"            curl -s {http_url}/metrics | grep fastlaunch_image_state",
         "  alerts go to a local webhook receiver, which prints them here as they arrive",
         "  images:",

@@ -2,7 +2,9 @@
 
 Context such as the target, region and image travels in `extra=` and is printed by both
 formats. Nothing secret is ever passed to a logger: receivers, databases and targets are named,
-not their URLs or keys.
+not their URLs or keys; credentials in any URL a message quotes are masked all the same. A
+record is one line in either format whatever its text holds (AWS's included): JSON escapes
+line breaks and control characters, the text format shows them escaped.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import TextIO
+
+from monitor.printable import printable, printable_traceback
+from monitor.redact import redact_url_credentials
 
 #: `extra=` keys that both formats print.
 CONTEXT_KEYS = ("target", "account_id", "region", "image", "receiver")
@@ -27,25 +33,39 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact_url_credentials(record.getMessage()),
         }
         for key in CONTEXT_KEYS:
             value = record.__dict__.get(key)
             if value is not None:
                 entry[key] = value
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = redact_url_credentials(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
 
 
 class TextFormatter(logging.Formatter):
-    """`LEVEL logger: message` — journald adds the time itself."""
+    """`LEVEL logger: message` — journald adds the time itself.
+
+    The message is one line: a line break or escape sequence in it is printed escaped
+    (`printable`), so no text from outside can forge a log line or restyle a terminal. A
+    traceback follows on lines of its own, its exception messages escaped the same way.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{record.levelname} {record.name}: {record.getMessage()}"
+        line = f"{record.levelname} {record.name}: {printable(record.getMessage())}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact_url_credentials(line)
+
+    def formatException(
+        self,
+        ei: tuple[type[BaseException], BaseException, TracebackType | None]
+        | tuple[None, None, None],
+    ) -> str:
+        """The traceback, with each exception's message made `printable`."""
+        _, exc, _ = ei
+        return "NoneType: None" if exc is None else printable_traceback(exc)
 
 
 #: The level and format of the last `setup_logging`: what a poll process logs with too.

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import signal
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.fakes import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +48,68 @@ def test_the_demo_receiver_prints_an_alert_firing_and_resolving(tmp_path):
     assert any("FIRING failed alert" in line and "-> enabling-failed" in line for line in received)
     assert any("RESOLVED failed alert" in line and "-> enabled " in line for line in received)
     assert all(line.endswith("signature verified") for line in received), received
+
+
+def venv_invocations() -> dict[str, tuple[Path, str]]:
+    """The demo started as the Quickstart starts it (the console script by its path, relative
+    to the folder holding the venv) and as `python -m monitor`: (cwd, command)."""
+    folder = Path(sys.prefix).parent
+    script = Path(sys.executable).with_name("fastlaunch-monitor")
+    return {
+        "console script": (folder, shlex.quote(os.path.relpath(script, folder))),
+        "python -m": (folder, f"{shlex.quote(sys.executable)} -m monitor"),
+    }
+
+
+@pytest.mark.parametrize("invocation", ["console script", "python -m"])
+def test_the_commands_the_demo_suggests_run_as_printed(tmp_path, invocation):
+    cwd, command = venv_invocations()[invocation]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["HOME"] = str(tmp_path)
+    # As after the Quickstart: the venv is not activated, its commands are not on the PATH.
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != venv_bin)
+    output = tmp_path / "demo.out"
+    with output.open("wb") as stdout:
+        demo = subprocess.Popen(
+            f"exec {command} demo --duration 60s",
+            shell=True,
+            cwd=cwd,
+            env=env,
+            stdout=stdout,
+            stderr=subprocess.DEVNULL,
+        )
+    try:
+        wait_for(
+            lambda: demo.poll() is not None or "Ctrl-C stops" in output.read_text(),
+            timeout=30,
+            what="the demo's banner",
+        )
+        assert demo.poll() is None, output.read_text()
+        text = output.read_text()
+        suggested = re.findall(
+            r"^\s+(?:try:\s+)?(\S.* --config .* (?:status|history))$", text, re.M
+        )
+        assert len(suggested) == 2, text
+        for line in suggested:
+            ran = subprocess.run(
+                line,
+                shell=True,
+                cwd=cwd,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert ran.returncode == 0, f"{line}\n{ran.stdout}{ran.stderr}"
+            assert ran.stdout.splitlines()[0].split()[0] in ("TARGET", "TIME", "no"), ran.stdout
+    finally:
+        if demo.poll() is None:
+            demo.send_signal(signal.SIGINT)
+        exit_code = demo.wait(30)
+    assert exit_code == 0
+    assert "demo stopped" in output.read_text()
 
 
 def test_the_installed_wheel_ships_and_applies_its_migrations(tmp_path):
