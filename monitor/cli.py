@@ -307,7 +307,9 @@ def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
     from monitor.daemon import open_runtime
+    from monitor.preflight import check_database_folder
 
+    check_database_folder(settings.database)
     runtime = open_runtime(settings)
     try:
         result = runtime.cycle.run()
@@ -333,8 +335,11 @@ def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from monitor.daemon import build_sources
     from monitor.errors import SourceError
+    from monitor.preflight import preflight
     from monitor.store import create_engine_for, current_revision, head_revision
 
+    # The files `run` opens at start, opened by the same code: what fails there fails here.
+    preflight(settings)
     _say(f"config {settings.source}: ok")
     ok = True
     engine = create_engine_for(settings.database.url)
@@ -368,8 +373,10 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
+    from monitor.preflight import check_database_folder
     from monitor.store import create_engine_for, head_revision, upgrade
 
+    check_database_folder(settings.database)
     engine = create_engine_for(settings.database.url)
     try:
         upgrade(engine)

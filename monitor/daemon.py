@@ -38,13 +38,14 @@ from monitor.aws import BaseSessions, Source, TargetSource
 from monitor.current import CurrentState
 from monitor.cycle import Clock, Cycle, CycleResult, poll_processes_advice, utc_now
 from monitor.errors import ConfigError, StoreError
-from monitor.http import HttpServer, Readiness, serve
+from monitor.http import HttpServer, Readiness, serve, server_tls_context
 from monitor.leader import Leadership, leadership_for
 from monitor.malloc import return_large_buffers
 from monitor.metrics import MonitorMetrics, build_registry
 from monitor.model import PollResult, Scope
 from monitor.notify import Notifier, Watchdog, monotonic_usec, watchdog_interval
 from monitor.poll_processes import PollProcesses
+from monitor.preflight import preflight
 from monitor.settings import MonitorSettings, Settings
 from monitor.store import Store, create_engine_for, upgrade
 from monitor.store.guard import SqliteGuard, acquire_sqlite_guard
@@ -510,9 +511,7 @@ class Daemon:
             self._rt.registry,
             healthy=self.healthy,
             ready=self.readiness,
-            tls_cert_file=http.tls_cert_file,
-            tls_key_file=http.tls_key_file,
-            tls_client_ca_file=http.tls_client_ca_file,
+            tls=server_tls_context(http, settings.source),
         )
         self._check_leadership()
         self._scheduler.add_job(
@@ -760,6 +759,9 @@ def run_daemon(
 
     `reload` reads the config again on SIGHUP; `on_reload` is then given what was applied.
     """
+    # What `check` opens too: a file that does not load is a config error before anything
+    # is locked or migrated.
+    preflight(settings)
     guard = acquire_sqlite_guard(settings.database.url)
     try:
         runtime = open_runtime(settings, guard=guard)

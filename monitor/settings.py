@@ -120,9 +120,18 @@ class MonitorSettings:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseSettings:
-    """`[database]`: a SQLAlchemy URL whose driver is `sqlite` or `postgresql+psycopg`."""
+    """`[database]`: a SQLAlchemy URL whose driver is `sqlite` or `postgresql+psycopg`.
+
+    `origin` is where the URL came from, the file (or variable) and the key, for the errors
+    found when it is used (`error`).
+    """
 
     url: str = field(repr=False)
+    origin: tuple[str, str | None] = field(default=(BUILT_IN_SOURCE, "database.url"), compare=False)
+
+    def error(self, message: str) -> ConfigError:
+        """A `ConfigError` about the URL, naming where it came from."""
+        return ConfigError(*self.origin, message)
 
     @property
     def safe_url(self) -> str:
@@ -198,7 +207,10 @@ class WebhookSettings:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The whole validated configuration; `source` is the config file, or "built-in defaults"."""
+    """The whole validated configuration; `source` is the config file, or "built-in defaults".
+
+    `secret_files` are the files read for secrets (and the TLS key), each with its dotted key.
+    """
 
     source: str
     monitor: MonitorSettings
@@ -207,6 +219,7 @@ class Settings:
     aws: AwsSettings
     targets: tuple[TargetSettings, ...]
     webhooks: tuple[WebhookSettings, ...]
+    secret_files: tuple[tuple[str, Path], ...] = ()
 
 
 def config_path(
@@ -251,7 +264,8 @@ def parse_settings(
         document = tomllib.loads(text or "")
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, None, _toml_message(exc)) from None
-    root = _Table(_Context(source, env, base_dir), document, "", _ROOT_KEYS)
+    context = _Context(source, env, base_dir)
+    root = _Table(context, document, "", _ROOT_KEYS)
     alerts = root.table("alerts", _ALERTS_KEYS)
     return Settings(
         source=source,
@@ -261,6 +275,7 @@ def parse_settings(
         aws=_aws(root.table("aws", _AWS_KEYS)),
         targets=_targets(root),
         webhooks=_webhooks(alerts),
+        secret_files=tuple(context.secret_files),
     )
 
 
@@ -271,6 +286,8 @@ class _Context:
     file: str
     env: Mapping[str, str]
     base_dir: Path
+    # Filled as the secrets are read: (dotted key, path).
+    secret_files: list[tuple[str, Path]] = field(default_factory=list)
 
     def resolve(self, name: str) -> Path:
         path = Path(name)
@@ -321,6 +338,11 @@ class _Table:
 
     def resolve(self, name: str) -> Path:
         return self._ctx.resolve(name)
+
+    @property
+    def file(self) -> str:
+        """The config file (as errors name it)."""
+        return self._ctx.file
 
     @property
     def env(self) -> Mapping[str, str]:
@@ -448,8 +470,11 @@ class _Table:
             tables.append(_Table(self._ctx, item, item_key, keys))
         return tables
 
-    def existing_file(self, key: str) -> Path | None:
-        """The resolved path of an existing file the monitor hands on (certificates, CAs)."""
+    def existing_file(self, key: str, *, secret: bool = False) -> Path | None:
+        """The resolved path of an existing file the monitor hands on (certificates, CAs).
+
+        `secret`: the file holds a secret (a private key); it is listed in `secret_files`.
+        """
         name = self.string(key)
         if name is None:
             return None
@@ -457,7 +482,13 @@ class _Table:
         if not path.is_file():
             what = "is not a file" if path.exists() else "does not exist"
             raise self.error(key, f"{path} {what}; fix the path")
+        if secret:
+            self.note_secret_file(key, path)
         return path
+
+    def note_secret_file(self, key: str, path: Path) -> None:
+        """List `path`, named by `key`, in the settings' `secret_files`."""
+        self._ctx.secret_files.append((self.key(key), path))
 
     def secret(self, key: str) -> str | None:
         """The stripped content of the file named by `key`; the content is never shown."""
@@ -465,6 +496,7 @@ class _Table:
         if name is None:
             return None
         path = self.resolve(name)
+        self.note_secret_file(key, path)
         try:
             content = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
@@ -515,15 +547,19 @@ def _database(table: _Table) -> DatabaseSettings:
         raise table.error("url_file", '"url" and "url_file" are exclusive; keep one of them')
     from_env = table.env.get(DATABASE_URL_ENV)
     if from_env:
-        return DatabaseSettings(_database_url(from_env, _env_error))
+        return DatabaseSettings(_database_url(from_env, _env_error), (f"${DATABASE_URL_ENV}", None))
     if url is not None:
-        return DatabaseSettings(_database_url(url, lambda message: table.error("url", message)))
+        return DatabaseSettings(
+            _database_url(url, lambda message: table.error("url", message)),
+            (table.file, table.key("url")),
+        )
     secret = table.secret("url_file")
     if secret is not None:
         return DatabaseSettings(
-            _database_url(secret, lambda message: table.error("url_file", message))
+            _database_url(secret, lambda message: table.error("url_file", message)),
+            (table.file, table.key("url_file")),
         )
-    return DatabaseSettings(_default_database_url(table.env))
+    return DatabaseSettings(_default_database_url(table.env), (table.file, table.key("url")))
 
 
 def _env_error(message: str) -> ConfigError:
@@ -575,7 +611,10 @@ def _http(table: _Table) -> HttpSettings:
     except ValueError as exc:
         raise table.error("listen", str(exc)) from None
     cert = table.existing_file("tls_cert_file")
-    key = table.existing_file("tls_key_file")
+    key = table.existing_file("tls_key_file", secret=True)
+    if cert is not None and key is None:
+        # Without a key file, the certificate's file holds the key too.
+        table.note_secret_file("tls_cert_file", cert)
     client_ca = table.existing_file("tls_client_ca_file")
     if key is not None and cert is None:
         raise table.error("tls_key_file", 'needs "tls_cert_file" too; HTTPS takes both')

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,10 +20,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.current import CurrentState
-from monitor.errors import MonitorError
-from monitor.http import HttpServer, Readiness, serve
+from monitor.errors import ConfigError, MonitorError
+from monitor.http import HttpServer, Readiness, serve, server_tls_context
 from monitor.metrics import MonitorMetrics, build_registry
 from monitor.model import FastLaunchImage, PollResult, Scope
+from monitor.settings import HttpSettings
+from tests.pki import Pki, make_pki
 
 PROD = Scope("prod", "111111111111", "eu-west-1")
 CHANGED_AT = datetime(2026, 11, 26, 10, 0, 0, 123000, tzinfo=UTC)
@@ -345,110 +347,30 @@ def test_it_listens_on_the_ipv6_loopback():
 # --- TLS -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
-    x509 = pytest.importorskip("cryptography.x509")
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    folder = tmp_path_factory.mktemp("pki")
-    now = datetime.now(UTC)
-
-    def name(common_name: str):
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-    def write_key(key, path: Path) -> Path:
-        path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        return path
-
-    def write_cert(cert, path: Path) -> Path:
-        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        return path
-
-    def builder(subject: str, key, issuer: str):
-        return (
-            x509.CertificateBuilder()
-            .subject_name(name(subject))
-            .issuer_name(name(issuer))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=1))
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        builder("test CA", ca_key, "test CA")
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def leaf(subject: str, usage, alt_names: list) -> tuple:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            builder(subject, key, "test CA")
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        return cert, key
-
-    from ipaddress import ip_address
-
-    server_cert, server_key = leaf(
-        "127.0.0.1",
-        ExtendedKeyUsageOID.SERVER_AUTH,
-        [x509.IPAddress(ip_address("127.0.0.1")), x509.DNSName("localhost")],
-    )
-    client_cert, client_key = leaf(
-        "prometheus", ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName("prometheus")]
-    )
-    return Pki(
-        ca=write_cert(ca, folder / "ca.pem"),
-        server_cert=write_cert(server_cert, folder / "server.pem"),
-        server_key=write_key(server_key, folder / "server.key"),
-        client_cert=write_cert(client_cert, folder / "client.pem"),
-        client_key=write_key(client_key, folder / "client.key"),
-    )
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def https_server(pki: Pki, *, client_ca: Path | None = None) -> HttpServer:
+CONFIG = "/etc/fastlaunch-monitor/config.toml"
+
+
+def tls(cert: Path, key: Path | None = None, client_ca: Path | None = None):
+    """The TLS context the daemon would serve with for these `[http]` files."""
+    settings = HttpSettings(tls_cert_file=cert, tls_key_file=key, tls_client_ca_file=client_ca)
+    return server_tls_context(settings, CONFIG)
+
+
+def tls_error(cert: Path, key: Path | None = None, client_ca: Path | None = None) -> str:
+    with pytest.raises(ConfigError) as raised:
+        tls(cert, key, client_ca)
+    return str(raised.value)
+
+
+def https_server(
+    pki: Pki, *, client_ca: Path | None = None, combined: Path | None = None
+) -> HttpServer:
     registry, metrics = build_registry(CurrentState())
     metrics.set_leader(True)
     return serve(
@@ -457,9 +379,9 @@ def https_server(pki: Pki, *, client_ca: Path | None = None) -> HttpServer:
         registry,
         healthy=lambda: True,
         ready=Health().ready,
-        tls_cert_file=pki.server_cert,
-        tls_key_file=pki.server_key,
-        tls_client_ca_file=client_ca,
+        tls=tls(combined, None, client_ca)
+        if combined
+        else tls(pki.server_cert, pki.server_key, client_ca),
     )
 
 
@@ -507,24 +429,73 @@ def test_with_a_client_ca_only_clients_with_a_certificate_get_in(
     assert capfd.readouterr().err == ""
 
 
-def test_a_certificate_without_its_key_is_a_monitor_error(pki: Pki):
-    registry, _ = build_registry(CurrentState())
+def test_a_certificate_file_holding_its_key_too_serves_https(pki: Pki, tmp_path: Path):
+    combined = tmp_path / "server-with-key.pem"
+    combined.write_bytes(pki.server_cert.read_bytes() + pki.server_key.read_bytes())
 
-    with pytest.raises(MonitorError, match="key"):
-        serve("127.0.0.1", 0, registry, healthy=bool, ready=Health().ready, tls_cert_file=pki.ca)
+    server = https_server(pki, combined=combined)
+    try:
+        reply = fetch_tls(f"{server.url}/healthz", client_context(pki))
+    finally:
+        server.close()
+
+    assert reply.body == b"ok\n"
 
 
-def test_an_unreadable_certificate_is_a_monitor_error_naming_the_file(tmp_path: Path):
-    registry, _ = build_registry(CurrentState())
+def test_a_certificate_without_its_key_is_a_config_error_naming_the_key(pki: Pki):
+    message = tls_error(pki.server_cert)
+
+    assert message.startswith(f"{CONFIG}: http.tls_cert_file: ")
+    assert "holds no private key" in message
+    assert "tls_key_file" in message
+
+
+def test_a_file_that_is_no_certificate_is_a_config_error_naming_it(pki: Pki, tmp_path: Path):
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+
+    message = tls_error(garbage, pki.server_key)
+
+    assert message.startswith(f"{CONFIG}: http.tls_cert_file: {garbage} holds no PEM certificate")
+
+
+def test_a_key_of_another_certificate_is_a_config_error_naming_the_key_file(pki: Pki):
+    message = tls_error(pki.server_cert, pki.client_key)
+
+    assert message.startswith(f"{CONFIG}: http.tls_key_file: ")
+    assert "is not the key of the certificate" in message
+
+
+def test_an_encrypted_key_is_a_config_error_and_never_a_prompt(pki: Pki, tmp_path: Path):
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(pki.server_key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+
+    message = tls_error(pki.server_cert, encrypted)
+
+    assert message.startswith(f"{CONFIG}: http.tls_key_file: ")
+    assert "encrypted" in message
+
+
+def test_a_client_ca_that_is_not_pem_is_a_config_error_naming_the_key(pki: Pki):
+    message = tls_error(pki.server_cert, pki.server_key, pki.server_key)
+
+    assert message.startswith(f"{CONFIG}: http.tls_client_ca_file: {pki.server_key} is not a PEM")
+
+
+def test_an_unreadable_certificate_is_a_config_error_naming_the_file(pki: Pki, tmp_path: Path):
     missing = tmp_path / "missing.pem"
 
-    with pytest.raises(MonitorError, match=r"missing\.pem"):
-        serve(
-            "127.0.0.1",
-            0,
-            registry,
-            healthy=bool,
-            ready=Health().ready,
-            tls_cert_file=missing,
-            tls_key_file=tmp_path / "missing.key",
-        )
+    message = tls_error(missing, pki.server_key)
+
+    assert message == (
+        f"{CONFIG}: http.tls_cert_file: {missing} cannot be read (No such file or directory)"
+    )

@@ -477,6 +477,37 @@ def test_a_client_ca_needs_a_certificate(tmp_path: Path) -> None:
     )
 
 
+def test_the_files_holding_secrets_are_listed_by_key(tmp_path: Path) -> None:
+    for name in ("db-url", "cert.pem", "key.pem", "ca.pem", "hook.key", "slack-url"):
+        write(tmp_path, name, "sqlite:///x.db" if name == "db-url" else SECRET_URL)
+
+    settings = parse(
+        "[database]\nurl_file = 'db-url'\n"
+        "[http]\ntls_cert_file = 'cert.pem'\ntls_key_file = 'key.pem'\n"
+        "tls_client_ca_file = 'ca.pem'\n"
+        "[[alerts.webhooks]]\nurl = 'https://a.example.com/'\nsecret_file = 'hook.key'\n"
+        "[[alerts.webhooks]]\nname = 'slack'\nformat = 'slack'\nurl_file = 'slack-url'\n",
+        base_dir=tmp_path,
+    )
+
+    assert sorted(settings.secret_files) == [
+        ("alerts.webhooks[0].secret_file", tmp_path / "hook.key"),
+        ("alerts.webhooks[1].url_file", tmp_path / "slack-url"),
+        ("database.url_file", tmp_path / "db-url"),
+        ("http.tls_key_file", tmp_path / "key.pem"),
+    ]
+
+
+def test_a_certificate_file_without_a_key_file_is_listed_as_holding_the_key(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, "cert.pem", "cert and key")
+
+    settings = parse("[http]\ntls_cert_file = 'cert.pem'\n", base_dir=tmp_path)
+
+    assert settings.secret_files == (("http.tls_cert_file", tmp_path / "cert.pem"),)
+
+
 # --- [aws] ----------------------------------------------------------------------------------
 
 

@@ -8,6 +8,8 @@ start instead of failing half way with "database is locked". Reads keep a deferr
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -69,11 +71,33 @@ def create_engine_for(url: str, *, pool_size: int = 5) -> Engine:
     )
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite database URL, or None: not SQLite, in memory, or a `uri=true` URL.
+
+    (A `uri=true` URL names its file in SQLite's own URI syntax, which SQLite resolves.)
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return None
+    return _sqlite_path(parsed) if parsed.get_backend_name() == "sqlite" else None
+
+
+def _in_memory(url: URL) -> bool:
+    return (url.database or "") in ("", ":memory:") or url.query.get("mode") == "memory"
+
+
+def _sqlite_path(url: URL) -> Path | None:
+    if _in_memory(url) or url.query.get("uri"):
+        return None
+    return Path(url.database or "")
+
+
 def _sqlite_engine(url: URL, pool_size: int) -> Engine:
-    database = url.database or ""
-    in_memory = database in ("", ":memory:") or url.query.get("mode") == "memory"
-    if not in_memory and not url.query.get("uri"):
-        folder = Path(database).absolute().parent
+    in_memory = _in_memory(url)
+    path = _sqlite_path(url)
+    if path is not None:
+        folder = path.absolute().parent
         if not folder.is_dir():
             raise StoreError(f"the folder of the sqlite database does not exist: {folder}")
     engine = (
@@ -81,6 +105,18 @@ def _sqlite_engine(url: URL, pool_size: int) -> Engine:
         if in_memory
         else sqlalchemy.create_engine(url, pool_size=pool_size, max_overflow=10)
     )
+
+    if path is not None:
+
+        @event.listens_for(engine, "do_connect")
+        def _create_private(*_args: Any) -> None:
+            # SQLite would create the file with the umask's mode (0644 outside systemd), and
+            # gives the -wal and -shm files the mode of the database file: made 0600 here
+            # first, the history and its journals are the monitor's user's alone. Any other
+            # failure than "it exists" is SQLite's to report when it opens the file.
+            with contextlib.suppress(OSError):
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                os.close(os.open(path, flags, 0o600))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -23,10 +23,14 @@ from pathlib import Path
 import pytest
 
 from monitor.durations import parse_duration
+from monitor.http import MAX_CONNECTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "fastlaunch-monitor.service"
 INSTALLED_COMMAND = "/opt/fastlaunch-monitor/bin/fastlaunch-monitor"
+
+#: (target, region) pairs whose kept-alive EC2 connections the descriptor limit must hold.
+LARGE_FLEET_PAIRS = 10_000
 
 #: SPEC §7: on SIGTERM the daemon exits within 10 s; systemd must wait longer than that.
 STOP_BOUND_SECONDS = 10.0
@@ -138,3 +142,13 @@ def test_the_sandbox_leaves_the_daemon_only_what_it_uses() -> None:
     assert unit["ProtectSystem"] == ["strict"]
     # AWS and the webhook receivers can be anywhere: an address deny list would cut them off.
     assert "IPAddressDeny" not in unit
+
+
+def test_the_unit_gives_descriptors_for_a_large_fleet_and_every_http_connection() -> None:
+    unit = unit_settings(UNIT.read_text())
+
+    (limit,) = unit["LimitNOFILE"]
+    # One number sets the soft limit too: the daemon never has to raise its own.
+    assert limit.isdecimal(), limit
+    # 1024 for the rest: the database pool, webhooks, poll processes' pipes, Python's files.
+    assert int(limit) >= LARGE_FLEET_PAIRS + MAX_CONNECTIONS + 1024

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 import threading
 import traceback
 from collections.abc import Iterator
@@ -210,3 +212,37 @@ def test_concurrent_writers_of_one_process_queue_for_sqlite_without_timing_out(
         thread.join(60)
     engine.dispose()
     assert errors == []
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The umask of most logins, under which new files are readable by every user."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_a_new_sqlite_database_and_its_journals_are_readable_by_their_owner_only(
+    tmp_path: Path,
+):
+    path = tmp_path / "history.sqlite3"
+    engine = create_engine_for(f"sqlite:///{path}")
+    try:
+        upgrade(engine)
+        Store(engine).apply_poll(a_poll(Scope("t", "1", "r"), 1), T0)
+        # While a connection is open, SQLite keeps the -wal and -shm files.
+        with engine.connect():
+            modes = {
+                file.name: stat.S_IMODE(file.stat().st_mode)
+                for file in tmp_path.iterdir()
+                if file.name.startswith(path.name)
+            }
+    finally:
+        engine.dispose()
+
+    assert modes == {
+        "history.sqlite3": 0o600,
+        "history.sqlite3-wal": 0o600,
+        "history.sqlite3-shm": 0o600,
+    }
