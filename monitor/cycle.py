@@ -9,6 +9,7 @@ that skips it simply does not poll it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -23,7 +24,7 @@ from monitor.current import CurrentState
 from monitor.errors import SourceError, StoreError
 from monitor.metrics import MonitorMetrics
 from monitor.model import AppliedPoll, PollResult
-from monitor.normalise import normalise_images
+from monitor.normalise import InvalidField, normalise_images
 from monitor.store import Store
 from monitor.times import rfc3339
 
@@ -247,6 +248,7 @@ class Cycle:
         self._closing = threading.Lock()
         self._closed = False
         self._warned_states: set[str] = set()
+        self._warned_fields: set[tuple[str, str, str, str]] = set()
         self._warned_lock = threading.Lock()
         self._last_success: dict[tuple[str, str], datetime] = {}
         self._owners: dict[tuple[str, str], str] = {}
@@ -411,6 +413,27 @@ class Cycle:
             self._warned_states.add(state)
         log.warning("unknown fast launch state %r: kept as text", state)
 
+    def _invalid_field_warner(self, target: str, region: str) -> InvalidField:
+        """Warns once per image and field of a value dropped as invalid, not at every poll."""
+
+        def warn(image_id: str, field: str, value: object) -> None:
+            with self._warned_lock:
+                if (target, region, image_id, field) in self._warned_fields:
+                    return
+                self._warned_fields.add((target, region, image_id, field))
+            log.warning(
+                "%s/%s %s: %s %s is not a value an image can have: left out, the rest of the "
+                "image is recorded",
+                target,
+                region,
+                image_id,
+                field,
+                repr(value)[:80],
+                extra={"target": target, "region": region, "image": image_id},
+            )
+
+        return warn
+
     def _failed(
         self,
         source: Source,
@@ -445,7 +468,9 @@ class Cycle:
                 # An answer that came after the deadline (one request that hung) is not
                 # trusted to be what AWS holds now.
                 limits.check(pages)
-            images = normalise_images(raw, self._warn_unknown_state)
+            images = normalise_images(
+                raw, self._warn_unknown_state, self._invalid_field_warner(source.key, region)
+            )
         except SourceError as exc:
             log.warning(
                 "poll of %s/%s failed: %s",
@@ -479,6 +504,11 @@ class Cycle:
                 extra={"target": source.key, "region": region},
             )
             failed = replace(result, images=None, error_code="StoreError", error_message=str(exc))
+            if result.ok and exc.refused:
+                # The poll's transaction rolled back whole. The database answers, so it can
+                # still take the failure: else `status` would show the poll before as the last.
+                with contextlib.suppress(StoreError):
+                    self._store.apply_poll(failed, observed_at=self._clock())
             return AppliedPoll(result=failed, transitions=(), upserts=0, removed=0)
 
     def _claim(self, source: Source, region: str) -> None:

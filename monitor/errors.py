@@ -44,7 +44,15 @@ class SourceError(MonitorError):
 
 
 class StoreError(MonitorError):
-    """The database failed or refused an operation."""
+    """The database failed or refused an operation.
+
+    `refused`: the database answered and refused what it was given (a value out of a column's
+    range, a broken constraint), as opposed to not answering at all.
+    """
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        self.refused = refused
+        super().__init__(message)
 
 
 class SchemaBehindError(StoreError):

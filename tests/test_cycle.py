@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -795,3 +795,59 @@ def test_a_cycle_counts_a_change_from_its_state_transition_time_to_the_commit_th
         assert mon.sample("fastlaunch_detection_delay_seconds_sum", **delays) == 200
         assert mon.sample("fastlaunch_detection_delay_seconds_bucket", **delays, le="120.0") == 0
         assert mon.sample("fastlaunch_detection_delay_seconds_bucket", **delays, le="300.0") == 1
+
+
+def test_an_out_of_range_field_is_dropped_and_the_other_images_failure_still_recorded(
+    clock: ManualClock, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = simulator_for(ACCOUNT, REGION)
+    (huge,) = sim.seed(1, target_resource_count=2**31)
+    clock.set(datetime(9999, 12, 31, tzinfo=UTC))
+    (far,) = sim.seed(1)
+    clock.set(START)
+    (failing,) = sim.seed(1)
+    caplog.set_level(logging.WARNING, logger="monitor.cycle")
+
+    with monitor(store, [source()], clock=clock) as mon:
+        mon.cycle.run()
+        sim.force_state(failing, "enabled-failed", "Server.InsufficientInstanceCapacity")
+        clock.advance(60)
+        (poll,) = mon.cycle.run().polls
+
+    assert poll.result.ok
+    assert [(t.image_id, t.new_state) for t in poll.transitions] == [(failing, "enabled-failed")]
+    recorded = {i.image.image_id: i.image for i in store.current_images()}
+    assert recorded[huge].target_resource_count is None
+    assert recorded[far].state_transition_time is None
+    assert recorded[failing].state == "enabled-failed"
+    dropped = [
+        r.getMessage() for r in caplog.records if "not a value an image can have" in r.getMessage()
+    ]
+    assert len(dropped) == 2  # once per image and field, not at every poll
+    assert any("TargetResourceCount 2147483648" in m for m in dropped)
+
+
+class RefusingStore(Store):
+    """A store whose database answers but refuses every successful poll's data."""
+
+    def apply_poll(self, result: PollResult, observed_at: datetime) -> AppliedPoll:
+        if result.ok:
+            raise StoreError("integer out of range", refused=True)
+        return super().apply_poll(result, observed_at)
+
+
+def test_a_poll_the_database_refused_is_recorded_as_failed(
+    clock: ManualClock, sqlite_url: str
+) -> None:
+    simulator_for(ACCOUNT, REGION).seed(1)
+    engine = create_engine_for(sqlite_url)
+    upgrade(engine)
+    refusing = RefusingStore(engine)
+
+    with monitor(refusing, [source()], clock=clock) as mon:
+        (poll,) = mon.cycle.run().polls
+
+    (latest,) = refusing.latest_polls()
+    engine.dispose()
+    assert poll.result.error_code == "StoreError"
+    assert (latest.error_code, latest.error_message) == ("StoreError", "integer out of range")

@@ -106,3 +106,65 @@ def test_texts_many_images_share_are_held_once_however_many_copies_the_response_
     assert first.owner_id is second.owner_id
     assert first.launch_template_name is second.launch_template_name
     assert first.image_id is not second.image_id
+
+
+@pytest.mark.parametrize(
+    ("field", "item"),
+    [
+        (
+            "TargetResourceCount",
+            {**FULL_ITEM, "SnapshotConfiguration": {"TargetResourceCount": 2**31}},
+        ),
+        (
+            "TargetResourceCount",
+            {**FULL_ITEM, "SnapshotConfiguration": {"TargetResourceCount": 2**63}},
+        ),
+        (
+            "TargetResourceCount",
+            {**FULL_ITEM, "SnapshotConfiguration": {"TargetResourceCount": -1}},
+        ),
+        ("MaxParallelLaunches", {**FULL_ITEM, "MaxParallelLaunches": 2**31}),
+        ("MaxParallelLaunches", {**FULL_ITEM, "MaxParallelLaunches": -6}),
+        ("MaxParallelLaunches", {**FULL_ITEM, "MaxParallelLaunches": "6"}),
+        (
+            "StateTransitionTime",
+            {**FULL_ITEM, "StateTransitionTime": datetime(1, 1, 1, tzinfo=UTC)},
+        ),
+        (
+            "StateTransitionTime",
+            {
+                **FULL_ITEM,
+                "StateTransitionTime": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))),
+            },
+        ),
+        (
+            "StateTransitionTime",
+            {**FULL_ITEM, "StateTransitionTime": datetime(9999, 12, 31, 23, 59, tzinfo=UTC)},
+        ),
+        ("StateTransitionTime", {**FULL_ITEM, "StateTransitionTime": "yesterday"}),
+    ],
+)
+def test_a_value_no_image_can_have_is_left_out_and_reported_and_the_rest_kept(field, item):
+    dropped: list[tuple[str, str, object]] = []
+
+    image = normalise_image(item, lambda *what: dropped.append(what))
+
+    assert [(image_id, name) for image_id, name, _ in dropped] == [("ami-0123456789abcdef0", field)]
+    values = {
+        "TargetResourceCount": image.target_resource_count,
+        "MaxParallelLaunches": image.max_parallel_launches,
+        "StateTransitionTime": image.state_transition_time,
+    }
+    assert values.pop(field) is None
+    assert None not in values.values()
+    assert image.state == "enabled"
+
+
+def test_the_largest_counts_aws_can_send_are_kept():
+    item = {
+        **FULL_ITEM,
+        "SnapshotConfiguration": {"TargetResourceCount": 2**31 - 1},
+        "MaxParallelLaunches": 0,
+    }
+    image = normalise_image(item, lambda *what: pytest.fail(f"dropped {what}"))
+    assert (image.target_resource_count, image.max_parallel_launches) == (2**31 - 1, 0)

@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy
 from sqlalchemy import URL, Connection, Engine, event, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from monitor.errors import StoreError
 
@@ -207,7 +207,14 @@ def database_errors(engine: Engine, action: str) -> Iterator[None]:
         yield
     except SQLAlchemyError as exc:
         raise StoreError(
-            f"{action} failed on {describe_url(engine.url)}: {_reason(exc, engine.url)}"
+            f"{action} failed on {describe_url(engine.url)}: {_reason(exc, engine.url)}",
+            refused=isinstance(exc, DataError | IntegrityError),
+        ) from exc
+    except OverflowError as exc:
+        # sqlite3 refuses an integer past 64 bits before SQLAlchemy sees the statement.
+        raise StoreError(
+            f"{action} failed on {describe_url(engine.url)}: a value out of range ({exc})",
+            refused=True,
         ) from exc
 
 
