@@ -37,7 +37,7 @@ from monitor.alerts.rules import Receiver, alert_policy
 from monitor.aws import BaseSessions, Source, TargetSource
 from monitor.current import CurrentState
 from monitor.cycle import Clock, Cycle, CycleResult, poll_processes_advice, utc_now
-from monitor.errors import ConfigError, StoreError
+from monitor.errors import ConfigError, SchemaBehindError, StoreError
 from monitor.http import HttpServer, Readiness, serve, server_tls_context
 from monitor.leader import Leadership, leadership_for
 from monitor.malloc import return_large_buffers
@@ -47,8 +47,8 @@ from monitor.notify import Notifier, Watchdog, monotonic_usec, watchdog_interval
 from monitor.poll_processes import PollProcesses
 from monitor.preflight import preflight
 from monitor.settings import MonitorSettings, Settings
-from monitor.store import Store, create_engine_for, upgrade
-from monitor.store.guard import SqliteGuard, acquire_sqlite_guard
+from monitor.store import Store, create_engine_for, ensure_schema_current, upgrade
+from monitor.store.guard import DatabaseFile, SqliteGuard, acquire_sqlite_guard
 from monitor.store.outbox import Outbox
 from monitor.store.repository import AlertPolicy
 
@@ -256,8 +256,14 @@ class Daemon:
         notifier: Notifier | None = None,
         watchdog_period: float | None = None,
         leadership: Leadership | None = None,
+        database_file: DatabaseFile | None = None,
     ) -> None:
         self._rt = runtime
+        self._database_file = database_file
+        #: What `run` exits with: 1 once the daemon stopped itself over a lost database file.
+        self.exit_code = 0
+        #: Called when the daemon must stop by itself (`run_until_signalled` sets it).
+        self.on_fatal: Callable[[], None] = lambda: None
         self._leadership = leadership or leadership_for(runtime.settings.database.url, os.environ)
         self._leading = False
         self._rest_until = 0.0
@@ -294,6 +300,17 @@ class Daemon:
         self.last_cycle: CycleResult | None = None
 
     def _poll_job(self) -> None:
+        lost = self._database_file.lost() if self._database_file is not None else None
+        if lost is not None:
+            if self.exit_code == 0:
+                log.error(
+                    "%s while the monitor ran: stopping (exit 1) so that it starts again on a "
+                    "file that exists; what was recorded since the file went is lost",
+                    lost,
+                )
+                self.exit_code = 1
+                self.on_fatal()
+            return
         if not self._check_leadership():
             # A standby's loop is alive, not hung: it has nothing to do.
             self._progress = time.monotonic()
@@ -304,6 +321,7 @@ class Daemon:
             self._progress = time.monotonic()
             self._idle.clear()
         try:
+            self._restore_schema()
             started, cpu = time.monotonic(), time.process_time()
             # Half an interval at most: a scope whose poll is slower goes on in the background
             # and records itself, and the next cycle starts on time for the others.
@@ -388,6 +406,7 @@ class Daemon:
             return leading
         rt = self._rt
         if leading:
+            self._restore_schema()
             # The state the previous leader left is the one to diff against and to export.
             try:
                 rt.current.load(rt.store.current_images())
@@ -402,6 +421,30 @@ class Daemon:
             rt.metrics.set_leader(False)
             rt.current.clear()
         return leading
+
+    def _restore_schema(self) -> None:
+        """Migrate the database again if it lost its schema while the daemon ran.
+
+        A database dropped and created anew (or restored from an old dump) under a running
+        daemon would otherwise fail every poll until a restart. Checked by the leader at each
+        cycle: one small query.
+        """
+        engine = self._rt.engine
+        try:
+            ensure_schema_current(engine)
+        except SchemaBehindError as exc:
+            log.error(
+                "the database lost its schema while the monitor ran (%s): applying the "
+                "migrations again; what it recorded before is gone from it",
+                exc,
+            )
+            try:
+                upgrade(engine)
+            except StoreError as failed:
+                log.error("could not migrate the database again: %s", failed)
+        except StoreError:
+            # Unreachable, or migrated by a newer version: the poll says so in its own words.
+            return
 
     def _count_polls_lost_to_the_database(self) -> None:
         """A cycle skipped because the database is down is a failed poll of every scope.
@@ -718,6 +761,12 @@ def run_until_signalled(
     wake = threading.Event()
     hangup = threading.Event()
 
+    def on_fatal() -> None:
+        stop.set()
+        wake.set()
+
+    daemon.on_fatal = on_fatal
+
     def on_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
         wake.set()
@@ -765,7 +814,9 @@ def run_daemon(
     guard = acquire_sqlite_guard(settings.database.url)
     try:
         runtime = open_runtime(settings, guard=guard)
-        daemon = Daemon(runtime)
+        # Migrated by now, so the file exists.
+        database_file = DatabaseFile(guard.database_path) if guard is not None else None
+        daemon = Daemon(runtime, database_file=database_file)
         daemon.start()
         deadline = None if duration is None else time.monotonic() + duration
         run_until_signalled(daemon, threading.Event(), deadline, reload=reload, on_reload=on_reload)
@@ -773,4 +824,4 @@ def run_daemon(
         if guard is not None:
             guard.close()
     log.info("stopped")
-    return 0
+    return daemon.exit_code

@@ -119,3 +119,33 @@ def _read_pid(fd: int) -> int | None:
     except (OSError, UnicodeDecodeError):
         return None
     return int(text) if text.isdigit() else None
+
+
+class DatabaseFile:
+    """The identity (device and inode) of a SQLite file, to notice that it is gone.
+
+    A file deleted (or replaced) under a running daemon is written on unseen: SQLite keeps the
+    deleted file open, and everything recorded since is lost at the next start. `lost()` says
+    so, so that the daemon can stop and be restarted on a file that exists.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._identity = _identity(self.path)
+
+    def lost(self) -> str | None:
+        """What happened to the file since this was made, or `None` if it is still the same."""
+        try:
+            identity = _identity(self.path)
+        except FileNotFoundError:
+            return f"the database file {self.path} was deleted"
+        except OSError as exc:
+            return f"the database file {self.path} cannot be read: {exc.strerror or exc}"
+        if identity != self._identity:
+            return f"the database file {self.path} was replaced by another file"
+        return None
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino

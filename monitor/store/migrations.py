@@ -6,6 +6,7 @@ folder of this installation, and handed the connection to migrate.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,8 +104,9 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+@functools.cache
 def head_revision() -> str:
-    """The newest revision this version of the monitor knows."""
+    """The newest revision this version of the monitor knows (read once: it is installed)."""
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:
         raise StoreError(f"no migration found in {migrations_dir()}")

@@ -90,3 +90,17 @@ def test_an_endpoint_that_pages_for_ever_fails_by_the_deadline_and_sigterm_stays
     stopping = time.monotonic()
     assert daemon.terminate() == 0
     assert time.monotonic() - stopping < 10
+
+
+def test_a_sqlite_file_deleted_under_the_daemon_stops_it_with_exit_1(sim, start_daemon, tmp_path):
+    sim.seed(1)
+    database = tmp_path / "history.sqlite3"
+    daemon = start_daemon(f"sqlite:///{database}", monitor='interval = "1s"\njitter = "0"')
+    wait_for(lambda: daemon.value("fastlaunch_poll_success", **SCOPE) == 1, what="a poll")
+
+    for path in tmp_path.glob("history.sqlite3*"):
+        if not path.name.endswith(".lock"):
+            path.unlink()
+
+    assert daemon.process.wait(20) == 1
+    assert f"ERROR monitor.daemon: the database file {database} was deleted" in daemon.stderr()

@@ -7,9 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, make_url, select
+from sqlalchemy.exc import ProgrammingError
 
-from monitor.store.schema import history
+from monitor.store.schema import history, images
 from tests.alerts.receivers import Receiver
 from tests.e2e.conftest import ACCOUNT, REGION, TARGET, wait_for
 
@@ -85,3 +86,38 @@ def test_a_postgresql_restart_is_recovered_without_a_daemon_restart(
     # Two first sights, the failure before the outage, the one during it: each exactly once.
     assert recorded == 4
     assert sorted(r.json()["image_id"] for r in receiver.requests) == sorted([first, second])
+
+
+def test_a_postgresql_database_recreated_empty_is_migrated_again_and_polled(
+    sim, start_daemon, postgres_url
+):
+    (image,) = sim.seed(1)
+    daemon = start_daemon(postgres_url)
+    wait_for(lambda: daemon.value("fastlaunch_poll_success", **SCOPE) == 1, what="a poll")
+
+    url = make_url(postgres_url)
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE "{url.database}" WITH (FORCE)')
+        connection.exec_driver_sql(f'CREATE DATABASE "{url.database}"')
+    admin.dispose()
+
+    wait_for(
+        lambda: "applying the migrations again" in daemon.stderr(),
+        timeout=30,
+        what="the schema restored",
+    )
+    engine = create_engine(postgres_url)
+
+    def recorded() -> list[str]:
+        with engine.connect() as connection:
+            try:
+                return list(connection.execute(select(images.c.image_id)).scalars())
+            except ProgrammingError:
+                return []
+
+    wait_for(lambda: recorded() == [image], timeout=30, what="the image recorded again")
+    engine.dispose()
+    assert "ERROR" in daemon.stderr()
+    assert daemon.value("fastlaunch_poll_success", **SCOPE) == 1
+    assert daemon.terminate() == 0
