@@ -60,6 +60,9 @@ STOP_BOUND_SECONDS = 8.0
 #: Every job: never two runs at once, missed runs collapsed into one, never dropped as late.
 ONE_RUN_AT_A_TIME: Final = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
 
+#: The share of the interval the poll job waits for its polls before it returns.
+CYCLE_WAIT_SHARE = 0.9
+
 #: How often the dispatcher looks for due alerts (a cheap indexed read when none are due).
 DISPATCH_TICK_SECONDS = 1.0
 
@@ -323,9 +326,10 @@ class Daemon:
         try:
             self._restore_schema()
             started, cpu = time.monotonic(), time.process_time()
-            # Half an interval at most: a scope whose poll is slower goes on in the background
-            # and records itself, and the next cycle starts on time for the others.
-            result = cycle.run(wait=self._rt.settings.monitor.interval / 2)
+            # Until shortly before the next cycle is due at most: a scope whose poll is slower
+            # goes on in the background and records itself, and the next cycle starts on time
+            # for the others.
+            result = cycle.run(wait=self._rt.settings.monitor.interval * CYCLE_WAIT_SHARE)
             self._advise(time.monotonic() - started, time.process_time() - cpu)
             dispatcher = self._rt.dispatcher
             if dispatcher is not None and result.transitions:

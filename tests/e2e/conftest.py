@@ -91,7 +91,14 @@ def write_config(
     listen: str = "127.0.0.1:0",
     read_timeout: str = "5s",
 ) -> Path:
-    """The daemon's config: `monitor` is the body of `[monitor]`, `extra` follows the target."""
+    """The daemon's config: `monitor` is the body of `[monitor]`, `extra` follows the target.
+
+    The tests poll every second or so, far more often than the first poll of a cold daemon
+    (a process, clients, credentials) takes on a busy machine, so a poll gets 20 s unless
+    `monitor` gives its own `poll_timeout` (by default it would get one interval).
+    """
+    if "poll_timeout" not in monitor:
+        monitor += '\npoll_timeout = "20s"'
     config = folder / "config.toml"
     config.write_text(
         f"""\
