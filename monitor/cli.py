@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)
     db_commands.add_parser("upgrade", help="apply the database migrations")
+    prune = db_commands.add_parser("prune", help="apply the retention now; prints what it removed")
+    prune.add_argument(
+        "--vacuum",
+        action="store_true",
+        help="then compact the database (SQLite: stop the daemon first, it waits meanwhile)",
+    )
     demo = commands.add_parser("demo", help="the whole daemon against the built-in simulator")
     demo.add_argument("--duration", type=_duration, metavar="DURATION")
     return parser
@@ -376,6 +382,8 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     from monitor.preflight import check_database_folder
     from monitor.store import create_engine_for, head_revision, upgrade
 
+    if args.db_command == "prune":
+        return _prune(settings, vacuum=args.vacuum)
     check_database_folder(settings.database)
     engine = create_engine_for(settings.database.url)
     try:
@@ -383,6 +391,25 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     print(f"database {settings.database.safe_url}: at revision {head_revision()}")
+    return 0
+
+
+def _prune(settings: Settings, *, vacuum: bool) -> int:
+    from monitor.store.retention import prune, retention_of
+    from monitor.store.retention import vacuum as compact
+
+    engine = _open_read_only(settings)
+    try:
+        pruned = prune(engine, retention_of(settings.database), utc_now())
+        for table, count in pruned.removed.items():
+            _say(f"{table}: {count} removed")
+        if pruned.vacuumed_pages:
+            _say(f"sqlite: {pruned.vacuumed_pages} free pages given back")
+        if vacuum:
+            compact(engine)
+            _say("vacuumed")
+    finally:
+        engine.dispose()
     return 0
 
 

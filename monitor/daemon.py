@@ -51,6 +51,7 @@ from monitor.store import Store, create_engine_for, ensure_schema_current, upgra
 from monitor.store.guard import DatabaseFile, SqliteGuard, acquire_sqlite_guard
 from monitor.store.outbox import Outbox
 from monitor.store.repository import AlertPolicy
+from monitor.store.retention import Pruned, prune, retention_of
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,11 @@ CYCLE_WAIT_SHARE = 0.9
 
 #: How often the dispatcher looks for due alerts (a cheap indexed read when none are due).
 DISPATCH_TICK_SECONDS = 1.0
+
+#: How often the leader applies the retention, and how long after it starts it first does:
+#: soon, so that a daemon restarted more often than hourly still prunes.
+PRUNE_EVERY_SECONDS = 3600.0
+PRUNE_FIRST_AFTER_SECONDS = 60.0
 
 #: How often an instance checks (or tries to take) leadership; a standby takes over within this
 #: (or a quarter interval, if shorter) of the leader's lock being released.
@@ -281,6 +287,8 @@ class Daemon:
                 "default": SchedulerPool(1),
                 "alerts": SchedulerPool(1),
                 "leadership": SchedulerPool(1),
+                # Pruning rests between its batches: on a thread of its own it delays nothing.
+                "maintenance": SchedulerPool(1),
             },
         )
         self._advised = False
@@ -481,6 +489,38 @@ class Daemon:
         except Exception:
             log.exception("leadership check failed")
 
+    def prune_step(self, now: datetime) -> Pruned | None:
+        """Apply the retention as of `now` if this instance leads; what it removed.
+
+        It stops between two batches when the daemon stops or leadership is lost.
+        """
+        if not self._leading:
+            return None
+        rt = self._rt
+        try:
+            pruned = prune(
+                rt.engine,
+                retention_of(rt.settings.database),
+                now,
+                keep_going=lambda: self._leading and not rt.stop.is_set(),
+            )
+        except StoreError as exc:
+            log.error("applying the retention failed (next try in an hour): %s", exc)
+            return None
+        if pruned.total:
+            log.info(
+                "retention: %s, the longest %.3f s",
+                pruned.summary(),
+                pruned.longest_transaction,
+            )
+        return pruned
+
+    def _prune_job(self) -> None:
+        try:
+            self.prune_step(self._rt.clock())
+        except Exception:
+            log.exception("applying the retention failed")
+
     def healthy(self) -> bool:
         return bool(self._scheduler.running)
 
@@ -575,6 +615,15 @@ class Daemon:
             id="poll",
             name="poll cycle",
             next_run_time=datetime.now(UTC),
+            **ONE_RUN_AT_A_TIME,
+        )
+        self._scheduler.add_job(
+            self._prune_job,
+            IntervalTrigger(seconds=PRUNE_EVERY_SECONDS, timezone=UTC),
+            id="prune",
+            name="retention",
+            executor="maintenance",
+            next_run_time=datetime.now(UTC) + timedelta(seconds=PRUNE_FIRST_AFTER_SECONDS),
             **ONE_RUN_AT_A_TIME,
         )
         self._schedule_dispatch()

@@ -46,6 +46,8 @@ _WEBHOOK_TIMEOUT: Final = 10.0
 
 # Longer durations are surely typos, and would overflow `timedelta` further down.
 _MAX_DURATION: Final = 365 * 86400.0
+# Retention is measured in years by some; ten is still a typo.
+_MAX_RETENTION: Final = 10 * 365 * 86400.0
 
 _ROOT_KEYS = ("monitor", "database", "http", "aws", "targets", "alerts")
 _MONITOR_KEYS = (
@@ -58,7 +60,7 @@ _MONITOR_KEYS = (
     "stuck_after",
     "log_level",
 )
-_DATABASE_KEYS = ("url", "url_file")
+_DATABASE_KEYS = ("url", "url_file", "poll_retention", "alert_retention", "history_retention")
 _HTTP_KEYS = ("listen", "tls_cert_file", "tls_key_file", "tls_client_ca_file")
 _AWS_KEYS = ("retry_mode", "max_attempts", "connect_timeout", "read_timeout", "endpoint_url")
 _TARGET_KEYS = ("name", "regions", "role_arn", "external_id", "profile", "image_ids", "filters")
@@ -128,6 +130,10 @@ class DatabaseSettings:
 
     url: str = field(repr=False)
     origin: tuple[str, str | None] = field(default=(BUILT_IN_SOURCE, "database.url"), compare=False)
+    #: How long poll rows, ended alerts and transitions are kept, in seconds (0: for ever).
+    poll_retention: float = 30 * 86400.0
+    alert_retention: float = 90 * 86400.0
+    history_retention: float = 0.0
 
     def error(self, message: str) -> ConfigError:
         """A `ConfigError` about the URL, naming where it came from."""
@@ -398,7 +404,9 @@ class _Table:
         value = self._get(key, (bool,), "true or false")
         return default if value is None else bool(value)
 
-    def duration(self, key: str, default: float, *, allow_zero: bool = True) -> float:
+    def duration(
+        self, key: str, default: float, *, allow_zero: bool = True, maximum: float | None = None
+    ) -> float:
         """A duration in seconds, from `"1h30m"`-like strings or integer seconds."""
         noun = 'a duration like "90s", "5m" or "1h30m"'
         value = self._get(key, (str, int), noun)
@@ -411,8 +419,9 @@ class _Table:
             raise self.error(key, str(exc)) from None
         if seconds == 0 and not allow_zero:
             raise self.error(key, 'must be longer than zero, e.g. "5m"')
-        if seconds > _MAX_DURATION:
-            raise self.error(key, 'must be at most 365 days ("365d")')
+        if seconds > (maximum or _MAX_DURATION):
+            days = int((maximum or _MAX_DURATION) // 86400)
+            raise self.error(key, f'must be at most {days} days ("{days}d")')
         return seconds
 
     def strings(
@@ -541,25 +550,43 @@ def _log_level(table: _Table) -> str | None:
 
 
 def _database(table: _Table) -> DatabaseSettings:
+    default = DatabaseSettings("")
+    url, origin = _database_location(table)
+    return DatabaseSettings(
+        url,
+        origin,
+        poll_retention=_retention(table, "poll_retention", default.poll_retention),
+        alert_retention=_retention(table, "alert_retention", default.alert_retention),
+        history_retention=_retention(table, "history_retention", default.history_retention),
+    )
+
+
+def _retention(table: _Table, key: str, default: float) -> float:
+    """A retention in seconds; `"0"` keeps for ever."""
+    return table.duration(key, default, maximum=_MAX_RETENTION)
+
+
+def _database_location(table: _Table) -> tuple[str, tuple[str, str | None]]:
+    """The database URL and where it came from."""
     url = table.string("url")
     url_file = table.string("url_file")
     if url is not None and url_file is not None:
         raise table.error("url_file", '"url" and "url_file" are exclusive; keep one of them')
     from_env = table.env.get(DATABASE_URL_ENV)
     if from_env:
-        return DatabaseSettings(_database_url(from_env, _env_error), (f"${DATABASE_URL_ENV}", None))
+        return _database_url(from_env, _env_error), (f"${DATABASE_URL_ENV}", None)
     if url is not None:
-        return DatabaseSettings(
+        return (
             _database_url(url, lambda message: table.error("url", message)),
             (table.file, table.key("url")),
         )
     secret = table.secret("url_file")
     if secret is not None:
-        return DatabaseSettings(
+        return (
             _database_url(secret, lambda message: table.error("url_file", message)),
             (table.file, table.key("url_file")),
         )
-    return DatabaseSettings(_default_database_url(table.env), (table.file, table.key("url")))
+    return _default_database_url(table.env), (table.file, table.key("url"))
 
 
 def _env_error(message: str) -> ConfigError:

@@ -127,6 +127,9 @@ def _sqlite_engine(url: URL, pool_size: int) -> Engine:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys = ON")
             if not in_memory:
+                # Only a file with no tables yet takes this (and only before WAL is set): the
+                # space a prune frees can then be given back a little at a time.
+                cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 cursor.execute("PRAGMA journal_mode = WAL")
                 # WAL makes NORMAL durable across application crashes, and much faster.
                 cursor.execute("PRAGMA synchronous = NORMAL")

@@ -134,6 +134,8 @@ polls = Table(
     Column("error_message", Text(), nullable=True),
     CheckConstraint("outcome IN ('ok', 'error')", name="outcome"),
     Index("ix_polls_scope_started_at", "target", "account_id", "region", "started_at"),
+    # Retention walks the polls oldest first, a batch at a time.
+    Index("ix_polls_started_at_id", "started_at", "id"),
 )
 
 history = Table(
