@@ -384,6 +384,44 @@ def test_an_empty_database_url_variable_is_ignored() -> None:
     assert settings.database.url == "sqlite:///x.db"
 
 
+def test_retention_defaults_to_30_days_of_polls_90_of_ended_alerts_and_all_history() -> None:
+    database = parse(None).database
+
+    assert (database.poll_retention, database.alert_retention, database.history_retention) == (
+        30 * 86400.0,
+        90 * 86400.0,
+        0.0,
+    )
+
+
+def test_retention_is_a_duration_and_zero_keeps_for_ever() -> None:
+    database = parse(
+        "[database]\npoll_retention = '7d'\nalert_retention = '0'\nhistory_retention = '730d'\n"
+    ).database
+
+    assert (database.poll_retention, database.alert_retention, database.history_retention) == (
+        7 * 86400.0,
+        0.0,
+        730 * 86400.0,
+    )
+
+
+def test_a_retention_without_a_unit_names_the_key_and_the_fix() -> None:
+    assert error_of("[database]\npoll_retention = '30'\n") == (
+        f'{FILE}: database.poll_retention: expected a duration like "90s", "5m" or "1h30m", '
+        'got "30" (a number needs a unit, e.g. "30s")'
+    )
+
+
+def test_a_retention_with_the_environments_database_url_is_still_read() -> None:
+    database = parse(
+        "[database]\nhistory_retention = '365d'\n",
+        env={"FASTLAUNCH_MONITOR_DATABASE_URL": "sqlite:////tmp/x.sqlite3"},
+    ).database
+
+    assert database.history_retention == 365 * 86400.0
+
+
 def test_a_bad_database_url_in_the_environment_names_the_variable() -> None:
     env = {"FASTLAUNCH_MONITOR_DATABASE_URL": "oracle://u:hunter2@h/db"}
 

@@ -136,3 +136,37 @@ def test_db_upgrade_creates_the_schema_that_status_reads(configured):
     status = cli(config, "status", "--json", env=env)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout) == {"images": [], "polls": []}
+
+
+def test_db_prune_removes_what_the_retention_no_longer_keeps_and_prints_it_per_table(
+    sim, configured, simulator_server, tmp_path
+):
+    import sqlite3
+
+    sim.seed(3)
+    config = configured()
+    env = aws_env(simulator_server.endpoint_url)
+    for _ in range(3):
+        assert cli(config, "poll", env=env).returncode == 0
+    database = sqlite3.connect(tmp_path / "history.sqlite3")
+    with database:
+        # A thousand days older, in the stored text format (microseconds), in the same order.
+        database.execute(
+            "UPDATE polls SET started_at = "
+            "strftime('%Y-%m-%d %H:%M:%f', started_at, '-1000 days') || '000'"
+        )
+    database.close()
+
+    pruned = cli(config, "db", "prune", "--vacuum", env=env)
+
+    assert pruned.returncode == 0, pruned.stderr
+    # The first poll recorded the transitions and the last is the scope's newest: both stay.
+    assert pruned.stdout.splitlines()[:4] == [
+        "polls: 1 removed",
+        "history: 0 removed",
+        "alert_outbox: 0 removed",
+        "alert_attempts: 0 removed",
+    ]
+    assert pruned.stdout.splitlines()[-1] == "vacuumed"
+    status = json.loads(cli(config, "status", "--json", env=env).stdout)
+    assert len(status["images"]) == 3
