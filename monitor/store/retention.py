@@ -40,9 +40,16 @@ from monitor.store.schema import alert_attempts, alert_outbox, history, images, 
 if TYPE_CHECKING:
     from monitor.settings import DatabaseSettings
 
-#: Rows removed per transaction: short enough that a waiting writer barely notices one.
-POLL_BATCH = 5000
-HISTORY_BATCH = 5000
+#: How long one transaction of a prune should take: a write waiting for it (a poll's) is
+#: delayed by about this much. Batches of polls and transitions are sized to it as they go,
+#: from `FIRST_BATCH` rows, between `SMALLEST_BATCH` and their table's most.
+BATCH_SECONDS = 0.01
+FIRST_BATCH = 500
+SMALLEST_BATCH = 50
+
+#: The most rows removed in one transaction, per table.
+POLL_BATCH = 10_000
+HISTORY_BATCH = 10_000
 ALERT_BATCH = 500
 
 #: Free pages SQLite returns to the file system per transaction after a prune.
@@ -99,20 +106,27 @@ class _Batches:
         self._pruned = pruned
         self._keep_going = keep_going
 
-    def run(self, batch: Callable[[Connection], bool]) -> bool:
-        """Run `batch` until it says it is done; False if stopped first."""
+    def run(self, batch: Callable[[Connection], bool], paced: _KeysetBatch | None = None) -> bool:
+        """Run `batch` until it says it is done; False if stopped first.
+
+        `paced`, when given, is told how long each transaction took, to size the next.
+        """
         while True:
             if not self._keep_going():
                 self._pruned.complete = False
                 return False
-            started = time.monotonic()
             with write_transaction(self._engine) as connection:
+                # Timed from the lock held (SQLite) to the commit: waiting for another
+                # writer is not this batch's length.
+                started = time.monotonic()
                 more = batch(connection)
             took = time.monotonic() - started
             self._pruned.transactions += 1
             self._pruned.longest_transaction = max(self._pruned.longest_transaction, took)
             if not more:
                 return True
+            if paced is not None:
+                paced.pace(took)
             # Give the other writers a turn as long as this one had.
             time.sleep(took)
 
@@ -138,11 +152,13 @@ def prune(
                 return pruned
         if retention.history > 0:
             cutoff = now - timedelta(seconds=retention.history)
-            if not batches.run(_HistoryBatch(cutoff, pruned.removed)):
+            history_batch = _HistoryBatch(cutoff, pruned.removed)
+            if not batches.run(history_batch, history_batch):
                 return pruned
         if retention.polls > 0:
             cutoff = now - timedelta(seconds=retention.polls)
-            if not batches.run(_PollBatch(cutoff, pruned.removed)):
+            poll_batch = _PollBatch(cutoff, pruned.removed)
+            if not batches.run(poll_batch, poll_batch):
                 return pruned
         if pruned.total and engine.dialect.name == "sqlite":
             _vacuum_incrementally(batches, pruned)
@@ -152,30 +168,39 @@ def prune(
 class _KeysetBatch:
     """A batch over `(time column, id)` in order, resumed after the last key it reached."""
 
-    def __init__(self, table: Any, time_column: Any, cutoff: datetime, size: int) -> None:
+    def __init__(self, table: Any, time_column: Any, cutoff: datetime, most: int) -> None:
         self._table = table
         self._key = tuple_(time_column, table.c.id)
         self._time = time_column
         self._cutoff = cutoff
-        self._size = size
+        self._most = most
+        self._size = min(most, FIRST_BATCH)
         self._after: tuple[datetime, int] | None = None
+
+    def pace(self, took: float) -> None:
+        """Size the next batch so that it takes about `BATCH_SECONDS`."""
+        # At most doubled at a time: one quick batch (a cached page) proves little.
+        wanted = self._size * min(2.0, BATCH_SECONDS / max(took, 1e-6))
+        self._size = min(self._most, max(SMALLEST_BATCH, int(wanted)))
 
     def _range(self, connection: Connection) -> tuple[Any, bool]:
         """The condition selecting this batch's rows, and whether rows are left after it."""
-        older = self._time < self._cutoff
+        # Plain bounds beside the row values: they are what bound the index range.
+        since: Any = True
         if self._after is not None:
-            older = and_(older, self._key > tuple_(*self._after))
+            since = and_(self._time >= self._after[0], self._key > tuple_(*self._after))
         last = connection.execute(
             select(self._time, self._table.c.id)
-            .where(older)
+            .where(since, self._time < self._cutoff)
             .order_by(self._time, self._table.c.id)
             .offset(self._size - 1)
             .limit(1)
         ).first()
         if last is None:
-            return older, False
+            return and_(since, self._time < self._cutoff), False
         self._after = (last[0], last[1])
-        return and_(older, self._key <= tuple_(*self._after)), True
+        # Older than the cutoff, as `last` is: no need to say it again.
+        return and_(since, self._time <= last[0], self._key <= tuple_(*self._after)), True
 
 
 class _PollBatch(_KeysetBatch):
