@@ -12,10 +12,15 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, event, func, insert, select
 
-from monitor.store import create_engine_for, upgrade
+from monitor.alerts.records import DeliveryOutcome
+from monitor.alerts.rules import Receiver, alert_policy
+from monitor.model import FAILED_STATES, FastLaunchImage, PollResult, Scope
+from monitor.store import Store, create_engine_for, upgrade
 from monitor.store import retention as retention_module
+from monitor.store.outbox import DELIVERED, Outbox
 from monitor.store.retention import Retention, prune, vacuum
 from monitor.store.schema import alert_attempts, alert_outbox, history, images, polls
+from tests.builders import an_image
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -373,3 +378,33 @@ def test_vacuum_on_postgresql_vacuums_the_pruned_tables(postgres_url: str) -> No
         assert vacuumed == 1
     finally:
         engine.dispose()
+
+
+def _deliver_everything(engine: Engine, now: datetime) -> None:
+    outbox = Outbox(engine)
+    for entry in outbox.claim_due(now, receivers=["ops"], lease=60):
+        assert outbox.finish(entry, DeliveryOutcome(200, None, 0.01), now, result=DELIVERED)
+
+
+def test_a_delivered_alert_of_a_still_failed_image_survives_and_does_not_fire_again(
+    engine: Engine,
+) -> None:
+    store = Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 0))
+    scope = Scope("prod", "123456789012", "eu-west-1")
+    failed = an_image("enabled-failed", when=NOW - 200 * DAY)
+
+    def poll(at: datetime, *found: FastLaunchImage) -> None:
+        store.apply_poll(PollResult(scope, at, 0.1, 1, found), at)
+        _deliver_everything(engine, at)
+
+    poll(NOW - 200 * DAY, failed)
+    prune(engine, KEEP_30_DAYS, NOW)
+    poll(NOW, failed)
+    assert _rows(engine, alert_outbox) == 1
+
+    poll(NOW + DAY, an_image("enabled", when=NOW + DAY))
+    prune(engine, KEEP_30_DAYS, NOW + 100 * DAY)
+    assert _rows(engine, alert_outbox) == 0
+
+    poll(NOW + 101 * DAY, an_image("enabled-failed", when=NOW + 101 * DAY))
+    assert _rows(engine, alert_outbox) == 1
