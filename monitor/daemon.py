@@ -27,7 +27,6 @@ from types import FrameType
 from typing import Final
 
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerPool
-from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, disable_created_metrics
 from sqlalchemy import Engine
@@ -35,6 +34,7 @@ from sqlalchemy import Engine
 from monitor.alerts.dispatcher import Dispatcher
 from monitor.alerts.rules import Receiver, alert_policy
 from monitor.aws import BaseSessions, Source, TargetSource
+from monitor.clock_steps import SteadyScheduler
 from monitor.current import CurrentState
 from monitor.cycle import Clock, Cycle, CycleResult, poll_processes_advice, utc_now
 from monitor.errors import ConfigError, SchemaBehindError, StoreError
@@ -274,8 +274,9 @@ class Daemon:
         self._watchdog_period = watchdog_period or watchdog_interval()
         self._watching = False
         # Delivery runs beside polling, so a dead receiver's timeouts never delay a poll.
-        # Leadership has its own thread too: a long cycle must not delay a takeover.
-        self._scheduler = BackgroundScheduler(
+        # Leadership has its own thread too: a long cycle must not delay a takeover. A step of
+        # the wall clock shifts every job by as much, so none stalls or runs early.
+        self._scheduler = SteadyScheduler(
             timezone=UTC,
             executors={
                 "default": SchedulerPool(1),
