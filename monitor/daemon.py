@@ -483,7 +483,8 @@ class Daemon:
             log.exception("leadership check failed")
 
     def healthy(self) -> bool:
-        return bool(self._scheduler.running)
+        """`/healthz`: the scheduler runs and the poll loop is not hung (see `hung_after`)."""
+        return bool(self._scheduler.running) and self._hung_problem() is None
 
     def readiness(self, now: datetime | None = None) -> Readiness:
         """Ready when the database answers and every scope succeeded within three intervals."""
@@ -520,16 +521,23 @@ class Daemon:
         """
         if not self._scheduler.running:
             return "the scheduler is not running"
-        bound = hung_after(self._rt.settings.monitor)
-        stalled = time.monotonic() - self._progress
-        if stalled > bound:
-            doing = "no poll cycle started" if self._idle.is_set() else "a poll cycle has run"
-            return f"{doing} for {stalled:.0f} s, longer than {bound:g} s"
+        hung = self._hung_problem()
+        if hung is not None:
+            return hung
         try:
             self._rt.store.ping()
         except StoreError as exc:
             return f"the database does not answer: {exc}"
         return None
+
+    def _hung_problem(self) -> str | None:
+        # On the monotonic clock: a step of the wall clock neither hides a hang nor makes one.
+        bound = hung_after(self._rt.settings.monitor)
+        stalled = time.monotonic() - self._progress
+        if stalled <= bound:
+            return None
+        doing = "no poll cycle started" if self._idle.is_set() else "a poll cycle has run"
+        return f"{doing} for {stalled:.0f} s, longer than {bound:g} s"
 
     def _schedule_dispatch(self) -> None:
         """Have the dispatch job exactly when there is a dispatcher (webhooks configured)."""
