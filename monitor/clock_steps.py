@@ -55,7 +55,8 @@ class SteadyScheduler(BackgroundScheduler):  # type: ignore[misc]
 
     It looks for a step each time it wakes, before it picks the jobs that are due. It wakes
     when the next job is due on the monotonic clock, so a job's time is never read on a clock
-    the job was not scheduled on. `wall` and `monotonic` are the clocks it compares.
+    the job was not scheduled on. `wall` and `monotonic` are the clocks it compares;
+    `on_step` hears of each step (in seconds, negative: backward) once the jobs are shifted.
     """
 
     def __init__(
@@ -63,17 +64,20 @@ class SteadyScheduler(BackgroundScheduler):  # type: ignore[misc]
         *,
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        on_step: Callable[[float], None] = lambda step: None,
         **options: Any,
     ) -> None:
         super().__init__(**options)
         self._wall = wall
         self._monotonic = monotonic
+        self._on_step = on_step
         self._steps = ClockStepDetector()
 
     def _process_jobs(self) -> float | None:
         step = self._steps.observe(self._wall(), self._monotonic())
         if step is not None:
             self._shift_jobs(step)
+            self._on_step(step)
         wait: float | None = super()._process_jobs()
         return wait
 

@@ -277,6 +277,7 @@ class Daemon:
         # Leadership has its own thread too: a long cycle must not delay a takeover. A step of
         # the wall clock shifts every job by as much, so none stalls or runs early.
         self._scheduler = SteadyScheduler(
+            on_step=self._wall_clock_stepped,
             timezone=UTC,
             executors={
                 "default": SchedulerPool(1),
@@ -295,6 +296,8 @@ class Daemon:
         self._polling: Cycle | None = None
         self._dispatching: Dispatcher | None = None
         self._progress = time.monotonic()
+        # How far the wall clock stepped back since the outbox's due times were last moved.
+        self._stepped_back = 0.0
         # Successes of the scopes a reload kept, until the new cycle polls them itself.
         self._carried_success: dict[tuple[str, str], datetime] = {}
         # Scopes a reload dropped while a cycle polled them: their series go when it ends.
@@ -370,8 +373,16 @@ class Daemon:
             self._advised = True
             log.info(advice)
 
+    def _wall_clock_stepped(self, step: float) -> None:
+        if step < 0:
+            with self._lock:
+                self._stepped_back -= step
+
     def _dispatch_job(self) -> None:
         if self._rt.stop.is_set() or not self._leading:
+            with self._lock:
+                # The leader's clock wrote the due times; a standby's step says nothing of them.
+                self._stepped_back = 0.0
             return
         with self._lock:
             dispatcher = self._dispatching = self._rt.dispatcher
@@ -379,6 +390,7 @@ class Daemon:
                 return
             self._dispatch_idle.clear()
         try:
+            self._bring_alerts_forward()
             dispatcher.dispatch_due()
         except Exception:
             # The outbox keeps every alert; the next tick tries again.
@@ -390,6 +402,24 @@ class Daemon:
             if retired:
                 dispatcher.close()
             self._dispatch_idle.set()
+
+    def _bring_alerts_forward(self) -> None:
+        """After a step back of the wall clock, move the outbox's retries and re-sends as much
+        earlier, so that none waits the length of the step on top of its backoff.
+
+        A step forward needs nothing: what was due later is due at once, early by its backoff.
+        """
+        with self._lock:
+            seconds, self._stepped_back = self._stepped_back, 0.0
+        if not seconds:
+            return
+        try:
+            moved = self._rt.outbox.bring_forward(seconds, self._rt.clock())
+        except StoreError:
+            with self._lock:
+                self._stepped_back += seconds
+            raise
+        log.info("%d alerts due again %.1f s earlier: the wall clock stepped back", moved, seconds)
 
     def _leadership_tick(self) -> float:
         return min(LEADERSHIP_TICK_SECONDS, self._rt.settings.monitor.interval / 4)

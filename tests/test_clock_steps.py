@@ -76,15 +76,23 @@ class Runs:
         self.ran.set()
 
 
+class Stepped:
+    """A started scheduler without jobs that has read its wall clock once (the reference),
+    and the steps it told of."""
+
+    def __init__(self) -> None:
+        self.wall = SteppedWall()
+        self.told: list[float] = []
+        self.scheduler = SteadyScheduler(wall=self.wall, on_step=self.told.append, timezone=UTC)
+
+
 @pytest.fixture
-def stepped() -> Iterator[tuple[SteadyScheduler, SteppedWall]]:
-    """A started scheduler without jobs that has read its wall clock once: the reference."""
-    wall = SteppedWall()
-    scheduler = SteadyScheduler(wall=wall, timezone=UTC)
-    scheduler.start()
-    wait_for(lambda: wall.reads >= 1, what="the scheduler's first look at the clocks")
-    yield scheduler, wall
-    scheduler.shutdown(wait=False)
+def stepped() -> Iterator[Stepped]:
+    started = Stepped()
+    started.scheduler.start()
+    wait_for(lambda: started.wall.reads >= 1, what="the scheduler's first look at the clocks")
+    yield started
+    started.scheduler.shutdown(wait=False)
 
 
 def add_job(scheduler: SteadyScheduler, runs: Runs, *, interval: float, due_in: float) -> None:
@@ -102,39 +110,37 @@ def add_job(scheduler: SteadyScheduler, runs: Runs, *, interval: float, due_in: 
 
 
 def test_a_job_scheduled_before_the_wall_clock_stepped_back_runs_when_it_was_due(stepped, caplog):
-    scheduler, wall = stepped
     runs = Runs()
 
     with caplog.at_level(logging.WARNING, logger="monitor.clock_steps"):
         # Due in 0.2 s when it was scheduled, before the clock went back 2 h.
-        wall.offset = -2 * HOUR
-        add_job(scheduler, runs, interval=60, due_in=2 * HOUR + 0.2)
+        stepped.wall.offset = -2 * HOUR
+        add_job(stepped.scheduler, runs, interval=60, due_in=2 * HOUR + 0.2)
 
         assert runs.ran.wait(10)
     assert "wall clock stepped by -7200.0 s; rescheduled jobs" in caplog.text
+    assert stepped.told == [pytest.approx(-2 * HOUR, abs=0.1)]
 
 
 def test_a_job_scheduled_before_the_wall_clock_stepped_forward_does_not_run_early(stepped):
-    scheduler, wall = stepped
     runs = Runs()
 
     # Due in 0.5 s when it was scheduled, before the clock went a day forward: without the
     # shift, it would look 25 h late and run at once.
-    wall.offset = 25 * HOUR
+    stepped.wall.offset = 25 * HOUR
     added = time.monotonic()
-    add_job(scheduler, runs, interval=60, due_in=-25 * HOUR + 0.5)
+    add_job(stepped.scheduler, runs, interval=60, due_in=-25 * HOUR + 0.5)
 
     assert runs.ran.wait(10)
     assert runs.at[0] - added >= 0.4
 
 
 def test_a_job_scheduled_after_a_forward_step_waits_at_most_its_interval(stepped):
-    scheduler, wall = stepped
     runs = Runs()
 
     # Scheduled on the new clock before the scheduler noticed the step: shifted by the whole
     # step it would wait a day, but no job waits longer than its interval.
-    wall.offset = 25 * HOUR
-    add_job(scheduler, runs, interval=1, due_in=0.2)
+    stepped.wall.offset = 25 * HOUR
+    add_job(stepped.scheduler, runs, interval=1, due_in=0.2)
 
     assert runs.ran.wait(10)

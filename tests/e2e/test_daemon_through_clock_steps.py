@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.alerts.receivers import Answer, Receiver
 from tests.e2e.conftest import wait_for
 
 pytestmark = pytest.mark.slow
@@ -98,3 +99,29 @@ def test_polls_keep_their_pace_after_the_wall_clock_steps_a_day_forward(
     wait_for(lambda: daemon.polls_done() >= seen + 3, timeout=15, what="three more polls")
     assert re.search(r"WARNING .*wall clock stepped by \+90\d{3}\.\d s", daemon.stderr())
     assert daemon.terminate() == 0
+
+
+def test_an_alert_retried_when_the_wall_clock_steps_back_two_hours_arrives_on_time(
+    sim, start_daemon, tmp_path
+):
+    (image_id,) = sim.seed(1)
+    clock = SteppedClock(tmp_path)
+    with Receiver() as receiver:
+        receiver.answer(*[Answer(503)] * 3)
+        hook = f'\n[[alerts.webhooks]]\nname = "ops"\nurl = "{receiver.url_for("/hook")}"\n'
+        daemon = start_daemon(env=clock.env, extra=hook)
+        wait_for(lambda: daemon.image_series(image_id), what="a first poll")
+        sim.force_state(image_id, "enabled-failed", "Server.InsufficientInstanceCapacity")
+        wait_for(
+            lambda: daemon.value(
+                "fastlaunch_alert_deliveries_total", receiver="ops", outcome="retry"
+            ),
+            what="a first attempt recorded as failed",
+        )
+
+        # Its retry is due a second later on the clock before the step: 2 h on after it.
+        clock.step("-2h")
+
+        # Three retries within 1 + 2 + 4 s of backoff, against 2 h held back.
+        receiver.wait_for_requests(4, timeout=20)
+        assert daemon.terminate() == 0
