@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Final
 
@@ -299,7 +299,7 @@ class Daemon:
         # How far the wall clock stepped back since the outbox's due times were last moved.
         self._stepped_back = 0.0
         # Successes of the scopes a reload kept, until the new cycle polls them itself.
-        self._carried_success: dict[tuple[str, str], datetime] = {}
+        self._carried_success: dict[tuple[str, str], tuple[datetime, float]] = {}
         # Scopes a reload dropped while a cycle polled them: their series go when it ends.
         self._forget_after_cycle: list[Scope] = []
         self._http: HttpServer | None = None
@@ -516,9 +516,12 @@ class Daemon:
         """`/healthz`: the scheduler runs and the poll loop is not hung (see `hung_after`)."""
         return bool(self._scheduler.running) and self._hung_problem() is None
 
-    def readiness(self, now: datetime | None = None) -> Readiness:
-        """Ready when the database answers and every scope succeeded within three intervals."""
-        now = now or utc_now()
+    def readiness(self) -> Readiness:
+        """Ready when the database answers and every scope succeeded within three intervals.
+
+        The intervals are counted on the monotonic clock: a step of the wall clock neither
+        makes an old success look new nor a new one old.
+        """
         checks: dict[str, str] = {}
         try:
             self._rt.store.ping()
@@ -529,16 +532,16 @@ class Daemon:
             checks["leadership"] = "standby"
             return Readiness(ready=checks["database"] == "ok", checks=checks)
         monitor = self._rt.settings.monitor
-        horizon = now - timedelta(seconds=STALE_INTERVALS * (monitor.interval + monitor.jitter))
+        horizon = time.monotonic() - STALE_INTERVALS * (monitor.interval + monitor.jitter)
         cycle = self._rt.cycle
-        last = {**self._carried_success, **cycle.last_success()}
+        last = {**self._carried_success, **cycle.last_success_times()}
         for key, region in cycle.expected:
-            when = last.get((key, region))
+            success = last.get((key, region))
             name = f"poll {key}/{region}"
-            if when is None:
+            if success is None:
                 checks[name] = "no successful poll yet"
-            elif when < horizon:
-                checks[name] = f"last successful poll at {when.isoformat()}"
+            elif success[1] < horizon:
+                checks[name] = f"last successful poll at {success[0].isoformat()}"
             else:
                 checks[name] = "ok"
         return Readiness(ready=all(v == "ok" for v in checks.values()), checks=checks)
@@ -688,7 +691,7 @@ class Daemon:
             old_cycle, old_dispatcher = rt.cycle, rt.dispatcher
             close_cycle = old_cycle is not self._polling
             close_dispatcher = old_dispatcher is not self._dispatching
-            last = {**self._carried_success, **old_cycle.last_success()}
+            last = {**self._carried_success, **old_cycle.last_success_times()}
             self._carried_success = {k: v for k, v in last.items() if k in kept}
             dropped = [
                 s.scope(region)

@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,14 @@ def started_under(clock: SteppedClock, start_daemon):
     return daemon
 
 
+def readyz(daemon) -> int:
+    try:
+        with urllib.request.urlopen(f"{daemon.url}/readyz", timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as refused:
+        return refused.code
+
+
 def test_polls_go_on_every_interval_after_the_wall_clock_steps_back_two_hours(
     sim, start_daemon, tmp_path
 ):
@@ -125,3 +135,18 @@ def test_an_alert_retried_when_the_wall_clock_steps_back_two_hours_arrives_on_ti
         # Three retries within 1 + 2 + 4 s of backoff, against 2 h held back.
         receiver.wait_for_requests(4, timeout=20)
         assert daemon.terminate() == 0
+
+
+def test_readyz_fails_three_intervals_after_the_last_success_though_the_clock_stepped_back(
+    sim, start_daemon, tmp_path
+):
+    clock = SteppedClock(tmp_path)
+    daemon = started_under(clock, start_daemon)
+    wait_for(lambda: readyz(daemon) == 200, what="/readyz to answer 200")
+
+    clock.step("-2h")
+    sim.deny()
+
+    # Three intervals of a second each; on the wall clock, the last success is 2 h ahead.
+    wait_for(lambda: readyz(daemon) == 503, what="/readyz to answer 503")
+    assert daemon.terminate() == 0
