@@ -54,8 +54,8 @@ class SteadyScheduler(BackgroundScheduler):  # type: ignore[misc]
     """A `BackgroundScheduler` whose jobs keep their monotonic pace through wall-clock steps.
 
     It looks for a step each time it wakes, before it picks the jobs that are due. It wakes
-    when the next job is due on the monotonic clock, so a job's time is never read on a clock
-    the job was not scheduled on. `wall` and `monotonic` are the clocks it compares;
+    when the next job is due on the monotonic clock (or sooner), so it sees a step before any
+    job runs on the stepped clock. `wall` and `monotonic` are the clocks it compares;
     `on_step` hears of each step (in seconds, negative: backward) once the jobs are shifted.
     """
 
@@ -74,6 +74,8 @@ class SteadyScheduler(BackgroundScheduler):  # type: ignore[misc]
         self._steps = ClockStepDetector()
 
     def _process_jobs(self) -> float | None:
+        # APScheduler 3 offers no hook between waking and picking the due jobs; each wakeup
+        # of its thread begins here.
         step = self._steps.observe(self._wall(), self._monotonic())
         if step is not None:
             self._shift_jobs(step)

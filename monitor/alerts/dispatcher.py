@@ -5,8 +5,8 @@ parallel, one receiver's entries in order), and records every attempt. A 2xx is 
 4xx other than 408 and 429 is a permanent failure (410 also disables the receiver until its
 config changes); anything else is retried with exponential backoff and full jitter, from 1 s
 up to 5 min between attempts, honouring `Retry-After`, for 24 h and at least 10 attempts — then
-it has failed. Firing
-Alertmanager alerts are re-sent every minute until resolved, as Alertmanager expects.
+it has failed. Firing Alertmanager alerts are re-sent every minute until resolved, as
+Alertmanager expects.
 A failed alert stays in the outbox, visible in `alerts`, in the metrics and in an ERROR line.
 """
 
