@@ -1,9 +1,9 @@
 """The daemon through a step of its wall clock, made by libfaketime (Debian package faketime).
 
 The daemon runs with libfaketime preloaded, which reads the faked time from a file that the
-test rewrites to step the clock as NTP would. The monotonic clock stays
-real, as it does when NTP steps the wall clock. Without faketime installed the tests are
-skipped, except under `CI=true`: there they fail, since `.ci/run` installs it.
+test rewrites to step the clock as NTP would. The monotonic clock stays real, as it does when
+NTP steps the wall clock. Without faketime installed the tests are skipped, except under
+`CI=true`: there they fail, since `.ci/run` installs it.
 """
 
 from __future__ import annotations
