@@ -251,6 +251,8 @@ class Cycle:
         self._warned_fields: set[tuple[str, str, str, str]] = set()
         self._warned_lock = threading.Lock()
         self._last_success: dict[tuple[str, str], datetime] = {}
+        # The same polls' starts on `time.monotonic()`, which their age is measured on.
+        self._last_success_monotonic: dict[tuple[str, str], float] = {}
         self._owners: dict[tuple[str, str], str] = {}
         self._owners_lock = threading.Lock()
         # Every scope whose poll is handed out and whose thread has not ended, by key.
@@ -266,6 +268,14 @@ class Cycle:
     def last_success(self) -> dict[tuple[str, str], datetime]:
         """When each (target key, region) last had a successful, persisted poll."""
         return dict(self._last_success)
+
+    def last_success_times(self) -> dict[tuple[str, str], tuple[datetime, float]]:
+        """`last_success`, each with the poll's start on `time.monotonic()` too: what its age
+        is measured on, so that no step of the wall clock makes an old success look new."""
+        return {
+            key: (when, self._last_success_monotonic[key])
+            for key, when in self._last_success.items()
+        }
 
     def run(self, wait: float | None = None) -> CycleResult:
         """Run one cycle now; what the scheduler and `poll` call.
@@ -589,7 +599,7 @@ class Cycle:
                 permanent=permanent,
                 cycle_started=self._schedule_clock() if cycle_started is None else cycle_started,
             )
-            self._finish(source, region, applied, committed_at)
+            self._finish(source, region, applied, committed_at, started=started)
             return applied
         finally:
             self._land(key)
@@ -600,14 +610,20 @@ class Cycle:
         region: str,
         applied: AppliedPoll,
         committed_at: datetime | None = None,
+        *,
+        started: float | None = None,
     ) -> None:
         """Publish a recorded poll: current state, metrics and the log lines of its changes.
 
-        `committed_at`: when the transaction that recorded its transitions committed."""
+        `committed_at`: when the transaction that recorded its transitions committed;
+        `started`: when the poll started, on `time.monotonic()` (default: now)."""
         result = applied.result
         if result.ok:
             self._current.replace_scope(result.scope, result.images or ())
             self._last_success[(source.key, region)] = result.started_at
+            self._last_success_monotonic[(source.key, region)] = (
+                time.monotonic() if started is None else started
+            )
         self._metrics.poll_finished(result, applied.transitions, committed_at)
         context = {"target": source.key, "region": region}
         first_sights = 0

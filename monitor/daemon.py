@@ -22,12 +22,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Final
 
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerPool
-from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, disable_created_metrics
 from sqlalchemy import Engine
@@ -35,6 +34,7 @@ from sqlalchemy import Engine
 from monitor.alerts.dispatcher import Dispatcher
 from monitor.alerts.rules import Receiver, alert_policy
 from monitor.aws import BaseSessions, Source, TargetSource
+from monitor.clock_steps import SteadyScheduler
 from monitor.current import CurrentState
 from monitor.cycle import Clock, Cycle, CycleResult, poll_processes_advice, utc_now
 from monitor.errors import ConfigError, SchemaBehindError, StoreError
@@ -280,8 +280,10 @@ class Daemon:
         self._watchdog_period = watchdog_period or watchdog_interval()
         self._watching = False
         # Delivery runs beside polling, so a dead receiver's timeouts never delay a poll.
-        # Leadership has its own thread too: a long cycle must not delay a takeover.
-        self._scheduler = BackgroundScheduler(
+        # Leadership has its own thread too: a long cycle must not delay a takeover. A step of
+        # the wall clock shifts every job by as much, so none stalls or runs early.
+        self._scheduler = SteadyScheduler(
+            on_step=self._wall_clock_stepped,
             timezone=UTC,
             executors={
                 "default": SchedulerPool(1),
@@ -302,8 +304,10 @@ class Daemon:
         self._polling: Cycle | None = None
         self._dispatching: Dispatcher | None = None
         self._progress = time.monotonic()
+        # How far the wall clock stepped back since the outbox's due times were last moved.
+        self._stepped_back = 0.0
         # Successes of the scopes a reload kept, until the new cycle polls them itself.
-        self._carried_success: dict[tuple[str, str], datetime] = {}
+        self._carried_success: dict[tuple[str, str], tuple[datetime, float]] = {}
         # Scopes a reload dropped while a cycle polled them: their series go when it ends.
         self._forget_after_cycle: list[Scope] = []
         self._http: HttpServer | None = None
@@ -377,8 +381,16 @@ class Daemon:
             self._advised = True
             log.info(advice)
 
+    def _wall_clock_stepped(self, step: float) -> None:
+        if step < 0:
+            with self._lock:
+                self._stepped_back -= step
+
     def _dispatch_job(self) -> None:
         if self._rt.stop.is_set() or not self._leading:
+            with self._lock:
+                # The leader's clock wrote the due times; a standby's step says nothing of them.
+                self._stepped_back = 0.0
             return
         with self._lock:
             dispatcher = self._dispatching = self._rt.dispatcher
@@ -386,6 +398,7 @@ class Daemon:
                 return
             self._dispatch_idle.clear()
         try:
+            self._bring_alerts_forward()
             dispatcher.dispatch_due()
         except Exception:
             # The outbox keeps every alert; the next tick tries again.
@@ -397,6 +410,24 @@ class Daemon:
             if retired:
                 dispatcher.close()
             self._dispatch_idle.set()
+
+    def _bring_alerts_forward(self) -> None:
+        """After a step back of the wall clock, move the outbox's retries and re-sends as much
+        earlier, so that none waits the length of the step on top of its backoff.
+
+        A step forward needs nothing: what was due later is due at once, early by its backoff.
+        """
+        with self._lock:
+            seconds, self._stepped_back = self._stepped_back, 0.0
+        if not seconds:
+            return
+        try:
+            moved = self._rt.outbox.bring_forward(seconds, self._rt.clock())
+        except StoreError:
+            with self._lock:
+                self._stepped_back += seconds
+            raise
+        log.info("%d alerts due again %.1f s earlier: the wall clock stepped back", moved, seconds)
 
     def _leadership_tick(self) -> float:
         return min(LEADERSHIP_TICK_SECONDS, self._rt.settings.monitor.interval / 4)
@@ -522,11 +553,15 @@ class Daemon:
             log.exception("applying the retention failed")
 
     def healthy(self) -> bool:
-        return bool(self._scheduler.running)
+        """`/healthz`: the scheduler runs and the poll loop is not hung (see `hung_after`)."""
+        return bool(self._scheduler.running) and self._hung_problem() is None
 
-    def readiness(self, now: datetime | None = None) -> Readiness:
-        """Ready when the database answers and every scope succeeded within three intervals."""
-        now = now or utc_now()
+    def readiness(self) -> Readiness:
+        """Ready when the database answers and every scope succeeded within three intervals.
+
+        The intervals are counted on the monotonic clock: a step of the wall clock neither
+        makes an old success look new nor a new one old.
+        """
         checks: dict[str, str] = {}
         try:
             self._rt.store.ping()
@@ -537,16 +572,16 @@ class Daemon:
             checks["leadership"] = "standby"
             return Readiness(ready=checks["database"] == "ok", checks=checks)
         monitor = self._rt.settings.monitor
-        horizon = now - timedelta(seconds=STALE_INTERVALS * (monitor.interval + monitor.jitter))
+        horizon = time.monotonic() - STALE_INTERVALS * (monitor.interval + monitor.jitter)
         cycle = self._rt.cycle
-        last = {**self._carried_success, **cycle.last_success()}
+        last = {**self._carried_success, **cycle.last_success_times()}
         for key, region in cycle.expected:
-            when = last.get((key, region))
+            success = last.get((key, region))
             name = f"poll {key}/{region}"
-            if when is None:
+            if success is None:
                 checks[name] = "no successful poll yet"
-            elif when < horizon:
-                checks[name] = f"last successful poll at {when.isoformat()}"
+            elif success[1] < horizon:
+                checks[name] = f"last successful poll at {success[0].isoformat()}"
             else:
                 checks[name] = "ok"
         return Readiness(ready=all(v == "ok" for v in checks.values()), checks=checks)
@@ -559,16 +594,23 @@ class Daemon:
         """
         if not self._scheduler.running:
             return "the scheduler is not running"
-        bound = hung_after(self._rt.settings.monitor)
-        stalled = time.monotonic() - self._progress
-        if stalled > bound:
-            doing = "no poll cycle started" if self._idle.is_set() else "a poll cycle has run"
-            return f"{doing} for {stalled:.0f} s, longer than {bound:g} s"
+        hung = self._hung_problem()
+        if hung is not None:
+            return hung
         try:
             self._rt.store.ping()
         except StoreError as exc:
             return f"the database does not answer: {exc}"
         return None
+
+    def _hung_problem(self) -> str | None:
+        # On the monotonic clock: a step of the wall clock neither hides a hang nor makes one.
+        bound = hung_after(self._rt.settings.monitor)
+        stalled = time.monotonic() - self._progress
+        if stalled <= bound:
+            return None
+        doing = "no poll cycle started" if self._idle.is_set() else "a poll cycle has run"
+        return f"{doing} for {stalled:.0f} s, longer than {bound:g} s"
 
     def _schedule_dispatch(self) -> None:
         """Have the dispatch job exactly when there is a dispatcher (webhooks configured)."""
@@ -698,7 +740,7 @@ class Daemon:
             old_cycle, old_dispatcher = rt.cycle, rt.dispatcher
             close_cycle = old_cycle is not self._polling
             close_dispatcher = old_dispatcher is not self._dispatching
-            last = {**self._carried_success, **old_cycle.last_success()}
+            last = {**self._carried_success, **old_cycle.last_success_times()}
             self._carried_success = {k: v for k, v in last.items() if k in kept}
             dropped = [
                 s.scope(region)

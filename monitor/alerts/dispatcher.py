@@ -4,8 +4,9 @@ Each call of `dispatch_due` claims the due entries under a lease, sends each one
 parallel, one receiver's entries in order), and records every attempt. A 2xx is delivered; a
 4xx other than 408 and 429 is a permanent failure (410 also disables the receiver until its
 config changes); anything else is retried with exponential backoff and full jitter, from 1 s
-up to 5 min between attempts, honouring `Retry-After`, for 24 h — then it has failed. Firing
-Alertmanager alerts are re-sent every minute until resolved, as Alertmanager expects.
+up to 5 min between attempts, honouring `Retry-After`, for 24 h and at least 10 attempts — then
+it has failed. Firing Alertmanager alerts are re-sent every minute until resolved, as
+Alertmanager expects.
 A failed alert stays in the outbox, visible in `alerts`, in the metrics and in an ERROR line.
 """
 
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST = 1.0
 BACKOFF_CAP = 300.0
 GIVE_UP_AFTER = timedelta(hours=24)
+#: An alert is given up only after this many attempts as well: its age is read on the wall
+#: clock, and a wall clock stepped forward (a day, say) must not fail an alert after a few
+#: seconds of real outage. Ten attempts of doubling backoff take about four minutes on average.
+GIVE_UP_MIN_ATTEMPTS = 10
 ALERTMANAGER_RESEND = timedelta(minutes=1)
 #: How long a claim holds an entry: long enough for one attempt per receiver URL and its
 #: timeout, short enough that a crashed dispatcher's claims come back soon.
@@ -210,10 +215,10 @@ class Dispatcher:
             )
             if outcome.gone:
                 self._disable(webhook, now)
-        elif now - entry.created_at >= GIVE_UP_AFTER and not entry.resending:
+        elif self._gives_up(entry, now):
             result, next_attempt = FAILED, None
             log.error(
-                "gave up on %s to %s after %d attempts over 24 h (last: %s)",
+                "gave up on %s to %s after %d attempts over at least 24 h (last: %s)",
                 what,
                 webhook.name,
                 entry.attempts + 1,
@@ -239,6 +244,17 @@ class Dispatcher:
         )
         if recorded:
             self._metrics.alert_deliveries_total.labels(receiver=webhook.name, outcome=result).inc()
+
+    @staticmethod
+    def _gives_up(entry: OutboxEntry, now: datetime) -> bool:
+        """Whether the attempt that just failed (transiently) was the alert's last: 24 h after
+        the alert was created, and its tenth attempt or later (this one counted)."""
+        made = entry.attempts + 1
+        return (
+            not entry.resending
+            and now - entry.created_at >= GIVE_UP_AFTER
+            and made >= GIVE_UP_MIN_ATTEMPTS
+        )
 
     def _disable(self, webhook: WebhookSettings, now: datetime) -> None:
         self._disabled.add(webhook.name)

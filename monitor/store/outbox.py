@@ -377,6 +377,38 @@ class Outbox:
                 )
         return bool(updated)
 
+    def bring_forward(self, seconds: float, now: datetime) -> int:
+        """Make each retry and re-send still ahead of `now` due `seconds` earlier.
+
+        For a wall clock stepped back by `seconds`: the times written before the step are that
+        much too late, and would hold a retry back for the length of the step; moved, each
+        comes when its backoff meant it to. Returns how many entries moved.
+        """
+        shift = timedelta(seconds=seconds)
+        ahead = select(_o.c.id, _o.c.next_attempt_at, _o.c.resend_at).where(
+            _o.c.failed_at.is_(None),
+            or_(
+                and_(_o.c.delivered_at.is_(None), _o.c.next_attempt_at > now),
+                _o.c.resend_at > now,
+            ),
+        )
+        with (
+            database_errors(self._engine, "rescheduling alerts"),
+            write_transaction(self._engine) as c,
+        ):
+            rows = c.execute(ahead).all()
+            for row in rows:
+                values = {
+                    column: when - shift
+                    for column, when in (
+                        ("next_attempt_at", row.next_attempt_at),
+                        ("resend_at", row.resend_at),
+                    )
+                    if when is not None and when > now
+                }
+                c.execute(update(_o).where(_o.c.id == row.id).values(**values))
+        return len(rows)
+
     def release(self, entries: Sequence[OutboxEntry]) -> None:
         """Give back the leases of claimed entries that were not attempted (a shutdown)."""
         if not entries:

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor.alerts.dispatcher import (
     BACKOFF_CAP,
+    GIVE_UP_MIN_ATTEMPTS,
     Dispatcher,
     backoff,
     combine,
@@ -122,6 +123,44 @@ def test_an_alert_still_failing_after_24_hours_is_given_up(world):
     assert world.deliveries("failed") == 1
     assert len(view.attempts) == attempts
     assert 24 * 3600 / BACKOFF_CAP <= attempts <= 24 * 3600 / BACKOFF_CAP + 12
+
+
+def failing_attempts(world, count: int) -> None:
+    """Make `count` failed attempts at the alerts due, each as soon as its backoff allows."""
+    for _ in range(count):
+        world.clock.advance(BACKOFF_CAP)
+        assert world.dispatcher.dispatch_due() == 1
+
+
+def test_a_wall_clock_stepped_a_day_forward_does_not_fail_an_alert_after_two_attempts(world):
+    world.receiver.always(Answer(500))
+    world.poll(an_image("enabled-failed"))
+    failing_attempts(world, 2)
+
+    world.clock.advance(25 * 3600)
+    assert world.dispatcher.dispatch_due() == 1
+
+    (view,) = world.outbox.listing()
+    assert view.outcome == "pending"
+    assert len(view.attempts) == 3
+    assert world.deliveries("failed") == 0
+    assert world.deliveries("retry") == 3
+
+
+def test_an_alert_is_given_up_after_24_hours_only_at_its_tenth_attempt(world):
+    world.receiver.always(Answer(500))
+    world.poll(an_image("enabled-failed"))
+    failing_attempts(world, GIVE_UP_MIN_ATTEMPTS - 2)
+    world.clock.now = T0 + timedelta(hours=24)
+
+    assert world.dispatcher.dispatch_due() == 1
+    (ninth,) = world.outbox.listing()
+    assert (ninth.outcome, len(ninth.attempts)) == ("pending", 9)
+
+    failing_attempts(world, 1)
+    (tenth,) = world.outbox.listing()
+    assert (tenth.outcome, len(tenth.attempts)) == ("failed", 10)
+    assert world.deliveries("failed") == 1
 
 
 def test_a_resolve_follows_its_firing(world):

@@ -447,3 +447,49 @@ def test_the_watchdog_withholds_pings_while_the_poll_job_hangs_and_resumes_after
         release.set()
         assert daemon.shutdown()
         gc.unfreeze()
+
+
+def healthz(url: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as refused:
+        return refused.code
+
+
+@pytest.mark.slow
+def test_healthz_fails_while_the_poll_job_hangs_and_recovers_after(
+    sim, simulator_server, tmp_path, monkeypatch
+):
+    for name, value in e2e.aws_env(simulator_server.endpoint_url).items():
+        monkeypatch.setenv(name, value)
+    config = e2e.write_config(
+        tmp_path,
+        simulator_server.endpoint_url,
+        f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        monitor='interval = "500ms"\njitter = "0"',
+    )
+    settings = parse_settings(config.read_text(), source=str(config), env={}, base_dir=tmp_path)
+    runtime = open_runtime(settings)
+    daemon = Daemon(runtime)
+    release = threading.Event()
+    polling = runtime.cycle.run
+
+    def hanging_run(wait: float | None = None) -> object:
+        release.wait(30)
+        return polling(wait)
+
+    try:
+        daemon.start()
+        assert healthz(daemon.http_url) == 200
+
+        # A stalled schedule, or a cycle that never ends: no progress for three intervals.
+        runtime.cycle.run = hanging_run  # type: ignore[method-assign]
+        wait_for(lambda: healthz(daemon.http_url) == 503, what="/healthz to fail")
+
+        release.set()
+        wait_for(lambda: healthz(daemon.http_url) == 200, what="/healthz to answer 200 again")
+    finally:
+        release.set()
+        assert daemon.shutdown()
+        gc.unfreeze()

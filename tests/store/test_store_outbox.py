@@ -282,6 +282,25 @@ def test_a_delivered_alertmanager_alert_comes_back_until_it_is_resolved(alerting
     assert [(e.status, e.resending) for e in due] == [("resolved", False)]
 
 
+def test_a_step_back_of_the_wall_clock_brings_retries_and_re_sends_forward_as_much(
+    alerting, outbox
+):
+    alerting.apply_poll(a_poll(an_image("enabled-failed")), T0)
+    claimed = {e.receiver: e for e in outbox.claim_due(T0, receivers=RECEIVERS, lease=60)}
+    outbox.finish(
+        claimed["ops"], DOWN, T0, result=RETRY, next_attempt_at=T0 + timedelta(seconds=30)
+    )
+    outbox.finish(claimed["pager"], OK, T0, result=DELIVERED, resend_at=T0 + timedelta(minutes=1))
+    stepped = T0 - timedelta(hours=2)
+
+    assert outbox.bring_forward(2 * 3600, stepped) == 2
+
+    assert outbox.claim_due(stepped + timedelta(seconds=29), receivers=RECEIVERS, lease=1) == []
+    (retry,) = outbox.claim_due(stepped + timedelta(seconds=30), receivers=RECEIVERS, lease=60)
+    (resend,) = outbox.claim_due(stepped + timedelta(minutes=1), receivers=RECEIVERS, lease=60)
+    assert (retry.receiver, resend.receiver, resend.resending) == ("ops", "pager", True)
+
+
 def test_receivers_not_asked_for_are_left_alone(alerting, outbox):
     alerting.apply_poll(a_poll(an_image("enabled-failed")), T0)
     assert [e.receiver for e in outbox.claim_due(T0, receivers=["pager"], lease=60)] == ["pager"]
