@@ -52,8 +52,10 @@ POLL_BATCH = 10_000
 HISTORY_BATCH = 10_000
 ALERT_BATCH = 500
 
-#: Free pages SQLite returns to the file system per transaction after a prune.
+#: Free pages SQLite returns to the file system per transaction after a prune, at most; sized
+#: to `BATCH_SECONDS` like the batches (moving pages costs more in a larger file).
 VACUUM_PAGES = 2000
+FIRST_VACUUM_PAGES = 100
 
 #: Keys of `Pruned.removed`, in the order they are reported.
 TABLES = ("polls", "history", "alert_outbox", "alert_attempts")
@@ -106,7 +108,7 @@ class _Batches:
         self._pruned = pruned
         self._keep_going = keep_going
 
-    def run(self, batch: Callable[[Connection], bool], paced: _KeysetBatch | None = None) -> bool:
+    def run(self, batch: Callable[[Connection], bool], paced: _Pace | None = None) -> bool:
         """Run `batch` until it says it is done; False if stopped first.
 
         `paced`, when given, is told how long each transaction took, to size the next.
@@ -126,7 +128,7 @@ class _Batches:
             if not more:
                 return True
             if paced is not None:
-                paced.pace(took)
+                paced.took(took)
             # Give the other writers a turn as long as this one had.
             time.sleep(took)
 
@@ -153,16 +155,29 @@ def prune(
         if retention.history > 0:
             cutoff = now - timedelta(seconds=retention.history)
             history_batch = _HistoryBatch(cutoff, pruned.removed)
-            if not batches.run(history_batch, history_batch):
+            if not batches.run(history_batch, history_batch.pace):
                 return pruned
         if retention.polls > 0:
             cutoff = now - timedelta(seconds=retention.polls)
             poll_batch = _PollBatch(cutoff, pruned.removed)
-            if not batches.run(poll_batch, poll_batch):
+            if not batches.run(poll_batch, poll_batch.pace):
                 return pruned
         if pruned.total and engine.dialect.name == "sqlite":
             _vacuum_incrementally(batches, pruned)
     return pruned
+
+
+class _Pace:
+    """A batch size that follows how long the last batch took, toward `BATCH_SECONDS`."""
+
+    def __init__(self, first: int, most: int) -> None:
+        self._most = most
+        self.size = min(most, first)
+
+    def took(self, seconds: float) -> None:
+        # At most doubled at a time: one quick batch (a cached page) proves little.
+        wanted = self.size * min(2.0, BATCH_SECONDS / max(seconds, 1e-6))
+        self.size = min(self._most, max(SMALLEST_BATCH, int(wanted)))
 
 
 class _KeysetBatch:
@@ -173,15 +188,8 @@ class _KeysetBatch:
         self._key = tuple_(time_column, table.c.id)
         self._time = time_column
         self._cutoff = cutoff
-        self._most = most
-        self._size = min(most, FIRST_BATCH)
+        self.pace = _Pace(FIRST_BATCH, most)
         self._after: tuple[datetime, int] | None = None
-
-    def pace(self, took: float) -> None:
-        """Size the next batch so that it takes about `BATCH_SECONDS`."""
-        # At most doubled at a time: one quick batch (a cached page) proves little.
-        wanted = self._size * min(2.0, BATCH_SECONDS / max(took, 1e-6))
-        self._size = min(self._most, max(SMALLEST_BATCH, int(wanted)))
 
     def _range(self, connection: Connection) -> tuple[Any, bool]:
         """The condition selecting this batch's rows, and whether rows are left after it."""
@@ -193,7 +201,7 @@ class _KeysetBatch:
             select(self._time, self._table.c.id)
             .where(since, self._time < self._cutoff)
             .order_by(self._time, self._table.c.id)
-            .offset(self._size - 1)
+            .offset(self.pace.size - 1)
             .limit(1)
         ).first()
         if last is None:
@@ -341,7 +349,10 @@ def _vacuum_incrementally(batches: _Batches, pruned: Pruned) -> None:
     can; an older one keeps its free pages for new rows until `db prune --vacuum`.
     """
 
+    pace = _Pace(FIRST_VACUUM_PAGES, VACUUM_PAGES)
+
     def step(connection: Connection) -> bool:
+        pages = pace.size
         mode = connection.exec_driver_sql("PRAGMA auto_vacuum").scalar()
         free = connection.exec_driver_sql("PRAGMA freelist_count").scalar() or 0
         if mode != SQLITE_INCREMENTAL or not free:
@@ -352,11 +363,11 @@ def _vacuum_incrementally(batches: _Batches, pruned: Pruned) -> None:
         # writer lock.
         dbapi = connection.connection.dbapi_connection
         assert dbapi is not None
-        dbapi.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
-        pruned.vacuumed_pages += min(int(free), VACUUM_PAGES)
-        return int(free) > VACUUM_PAGES
+        dbapi.executescript(f"PRAGMA incremental_vacuum({pages})")
+        pruned.vacuumed_pages += min(int(free), pages)
+        return int(free) > pages
 
-    batches.run(step)
+    batches.run(step, pace)
 
 
 #: `PRAGMA auto_vacuum`'s value for INCREMENTAL.
