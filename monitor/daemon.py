@@ -55,7 +55,7 @@ from monitor.store.retention import Pruned, prune, retention_of
 
 log = logging.getLogger(__name__)
 
-#: SPEC §7: on SIGTERM the in-flight poll is finished or abandoned within 10 s.
+#: On SIGTERM the in-flight poll is finished or abandoned within 10 s.
 STOP_BOUND_SECONDS = 8.0
 
 #: Every job: never two runs at once, missed runs collapsed into one, never dropped as late.

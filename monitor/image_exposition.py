@@ -31,7 +31,7 @@ STATE = "fastlaunch_image_state"
 STATE_TRANSITION_TIMESTAMP = "fastlaunch_image_state_transition_timestamp_seconds"
 INFO = "fastlaunch_image_info"
 
-#: The per-image families of SPEC §6, in the order they are exposed.
+#: The per-image families the README lists, in the order they are exposed.
 IMAGE_FAMILIES: tuple[str, ...] = (
     TARGET_RESOURCES,
     MAX_PARALLEL_LAUNCHES,

@@ -143,7 +143,7 @@ class ImageFamily(GaugeMetricFamily):
 
 
 class ImageCollector:
-    """The per-image gauges of SPEC §6, from the current state at each scrape.
+    """The per-image gauges the README lists, from the current state at each scrape.
 
     Their text is rendered when a scope changes (the collector watches the current state) and
     kept, so a scrape renders only what no change has rendered yet. Yields nothing while

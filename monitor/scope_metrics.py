@@ -2,12 +2,12 @@
 
 `fastlaunch_poll_success`, `fastlaunch_poll_duration_seconds`, `fastlaunch_poll_errors_total`,
 `fastlaunch_last_successful_poll_timestamp_seconds`, `fastlaunch_transitions_total` and
-`fastlaunch_detection_delay_seconds` (SPEC §6) have a series (a histogram: 15) per scope, and a
-fleet has a thousand scopes. prometheus_client formats some 17,000 such samples in about 0.3 s,
-on the GIL the poll threads need, at every scrape. Here each scope keeps its numbers and the
-constant parts of its lines, and a scrape formats only the numbers: the same text, a tenth of
-the time. The families still carry `samples` (built on first access) for `get_sample_value` and
-any encoder that wants them.
+`fastlaunch_detection_delay_seconds` (the README's metrics table) have a series (a histogram:
+15) per scope, and a fleet has a thousand scopes. prometheus_client formats some 17,000 such
+samples in about 0.3 s, on the GIL the poll threads need, at every scrape. Here each scope keeps
+its numbers and the constant parts of its lines, and a scrape formats only the numbers: the same
+text, a tenth of the time. The families still carry `samples` (built on first access) for
+`get_sample_value` and any encoder that wants them.
 
 No `_created` series: they are optional in OpenMetrics, unknown to Prometheus' text format,
 and would double the series of every counter and histogram.
@@ -323,7 +323,7 @@ class ScopeFamily(Metric):
 
 
 class ScopeMetrics:
-    """The per-scope series of SPEC §6, as a collector; safe to use from several threads."""
+    """The per-scope series the README lists, as a collector; safe to use from several threads."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

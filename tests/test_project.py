@@ -49,3 +49,15 @@ def test_ci_runs_the_readme_test_command_unchanged():
     (test_command,) = [c for c in quickstart_commands() if "pytest" in c]
     ci_script = (ROOT / ".ci" / "run").read_text()
     assert test_command in ci_script.splitlines()
+
+
+def test_no_code_cites_a_document_outside_the_repository():
+    # The contract the code follows is the README's; a reader of the code has no other file.
+    citing = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for folder in ("monitor", "tests", "bench", "migrations")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "SPEC" + ".md" in line or "SPEC" + " §" in line
+    ]
+    assert citing == []

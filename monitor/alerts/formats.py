@@ -1,10 +1,10 @@
 """What each receiver format sends for one outbox entry (pure).
 
 Every format builds its requests at delivery time from the entry's receiver-independent payload
-(SPEC §5), so a retry carries the same event but a fresh attempt time. All requests are `POST`
-with `Content-Type: application/json`, the webhook's own `headers` and our `User-Agent`; a
-configured header may replace the `User-Agent` but never `Content-Type` or a format's protocol
-headers (the `webhook-*` signature headers), which a receiver relies on.
+(see `monitor.alerts.rules`), so a retry carries the same event but a fresh attempt time. All
+requests are `POST` with `Content-Type: application/json`, the webhook's own `headers` and our
+`User-Agent`; a configured header may replace the `User-Agent` but never `Content-Type` or a
+format's protocol headers (the `webhook-*` signature headers), which a receiver relies on.
 
 - `json`: the payload itself, signed the Standard Webhooks way.
 - `alertmanager`: Alertmanager's `POST /api/v2/alerts`, one request per listed instance.

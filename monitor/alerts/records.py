@@ -15,7 +15,7 @@ class OutboxEntry:
     """One alert waiting in the outbox, as the dispatcher claimed it.
 
     `state` and `since` are those of the failing (or stuck) state the alert is about — for a
-    resolve too; `payload` is the receiver-independent document of SPEC §5 (format `json`'s
+    resolve too; `payload` is the receiver-independent document (format `json`'s
     body), written when the alert was enqueued.
     """
 

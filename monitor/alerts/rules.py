@@ -101,7 +101,7 @@ class AlertKey:
 class AlertEvent:
     """One alert for one receiver, as written to the outbox.
 
-    `payload` is the receiver-independent document of SPEC §5 (format `json`'s body), from
+    `payload` is the receiver-independent document (format `json`'s body), from
     which every format builds its request at delivery time.
     """
 

@@ -11,7 +11,7 @@ The machine keeps its own model of what AWS reported and checks after every step
 - the history holds exactly the transitions the model expects;
 - the outbox holds one firing per receiver for each transition into one of its states (counted
   from the recorded history) and none for any other state, and exactly the resolves and stuck
-  alerts SPEC §5 asks for — each resolve keyed by the newest firing of its alert, and none
+  alerts the README promises — each resolve keyed by the newest firing of its alert, and none
   where nothing fired (a stuck image no poll saw stuck);
 - every request a receiver got carries the event id of one outbox row, in its header and in its
   body, and says what that row is about;
@@ -468,7 +468,7 @@ class AlertMachine(RuleBasedStateMachine):
         self._store().apply_poll(failed, now)
 
     def report(self, images: list[FastLaunchImage]) -> None:
-        """AWS lists `images` (no other) in a successful poll now; the model follows SPEC §5."""
+        """AWS lists `images` (no other) in a successful poll now; the model follows the rules."""
         now = self.clock.now()
         self._store().apply_poll(PollResult(SCOPE, now, 0.2, 1, tuple(images)), now)
         listed = {image.image_id: image for image in images}
@@ -515,7 +515,7 @@ class AlertMachine(RuleBasedStateMachine):
     def _expect_transition(
         self, image_id: str, before: Seen | None, state: str, since: datetime
     ) -> None:
-        """SPEC §5 for one transition: fire into a listed state; resolve what it leaves."""
+        """The alert rules for one transition: fire into a listed state; resolve what it leaves."""
         self.expected_history.add((image_id, state, since))
         was_stuck = (
             before is not None

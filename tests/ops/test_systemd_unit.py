@@ -32,7 +32,7 @@ INSTALLED_COMMAND = "/opt/fastlaunch-monitor/bin/fastlaunch-monitor"
 #: (target, region) pairs whose kept-alive EC2 connections the descriptor limit must hold.
 LARGE_FLEET_PAIRS = 10_000
 
-#: SPEC §7: on SIGTERM the daemon exits within 10 s; systemd must wait longer than that.
+#: On SIGTERM the daemon exits within 10 s; systemd must wait longer than that.
 STOP_BOUND_SECONDS = 10.0
 MAX_EXPOSURE = 2.0
 
