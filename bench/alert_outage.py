@@ -19,14 +19,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from monitor.alerts.dispatcher import Dispatcher
+from monitor.alerts.outbox import Outbox
 from monitor.alerts.records import DeliveryOutcome, WebhookRequest
 from monitor.alerts.rules import Receiver, alert_policy
-from monitor.current import CurrentState
-from monitor.metrics import build_registry
-from monitor.model import FAILED_STATES, FastLaunchImage, PollResult, Scope
-from monitor.settings import WebhookSettings
+from monitor.config.settings import WebhookSettings
+from monitor.core.model import FAILED_STATES, FastLaunchImage, PollResult, Scope
+from monitor.exposition.current import CurrentState
+from monitor.exposition.metrics import build_registry
 from monitor.store import Store, create_engine_for, upgrade
-from monitor.store.outbox import Outbox
 
 T0 = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 HOOK = WebhookSettings(name="ops", urls=("http://127.0.0.1:9/hook",))

@@ -28,7 +28,7 @@ def main() -> int:
     # moto would otherwise build ~1300 public AMIs per region first: slow and not ours.
     os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
 
-    from monitor.simulator import simulator_for, start_server
+    from monitor.demo.simulator import simulator_for, start_server
 
     server = start_server()
     simulator = simulator_for(ACCOUNT, REGION)

@@ -38,13 +38,13 @@ from botocore.config import Config
 from endpoint_child import EndpointChild, use_endpoint
 from sqlalchemy import Connection, Engine, event
 
-from monitor.aws import TargetSource
-from monitor.current import CurrentState
-from monitor.cycle import Cycle
-from monitor.daemon import build_sources
-from monitor.logs import setup_logging
-from monitor.metrics import build_registry
-from monitor.settings import Settings, parse_settings
+from monitor.aws.sessions import TargetSource
+from monitor.config.settings import Settings, parse_settings
+from monitor.core.logs import setup_logging
+from monitor.exposition.current import CurrentState
+from monitor.exposition.metrics import build_registry
+from monitor.poll.cycle import Cycle
+from monitor.service.daemon import build_sources
 from monitor.store import Store, create_engine_for, upgrade
 
 PAGE_SIZE = 200

@@ -42,7 +42,7 @@ from typing import TypeVar
 import sqlalchemy
 from sqlalchemy import Engine, func, make_url, select
 
-from monitor.model import FastLaunchImage, PollResult, Scope
+from monitor.core.model import FastLaunchImage, PollResult, Scope
 from monitor.store import Store, create_engine_for, upgrade
 from monitor.store.retention import Retention, prune
 from monitor.store.schema import polls

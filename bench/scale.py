@@ -7,7 +7,7 @@ child process (this file, `serve`), so its CPU is not counted, and answers every
 
 - `lean` (the default): a small threaded HTTP server that answers `AssumeRole` and
   `DescribeFastLaunchImages` with pages rendered once, at start, by the simulator's own wire
-  code (`monitor.simulator.wire`); it routes by the SigV4 credential scope (the access key it
+  code (`monitor.demo.simulator.wire`); it routes by the SigV4 credential scope (the access key it
   handed out names the account; the scope names the region). Its CPU per describe is small,
   so the figures are the monitor's.
 - `moto`: the simulator server (moto with the fast launch extension), a thread per request.
@@ -56,14 +56,14 @@ from urllib.parse import parse_qs
 
 from endpoint_child import EndpointChild, use_endpoint
 
-from monitor.cycle import Cycle
-from monitor.daemon import Runtime, freeze_long_lived, open_runtime
-from monitor.http import Readiness, serve
-from monitor.logs import setup_logging
-from monitor.poll_processes import RemoteSource
-from monitor.settings import parse_settings
-from monitor.simulator.table import LaunchTemplateRef, SimulatedImage
-from monitor.simulator.wire import describe_reply
+from monitor.aws.poll_processes import RemoteSource
+from monitor.config.settings import parse_settings
+from monitor.core.logs import setup_logging
+from monitor.demo.simulator.table import LaunchTemplateRef, SimulatedImage
+from monitor.demo.simulator.wire import describe_reply
+from monitor.exposition.http import Readiness, serve
+from monitor.poll.cycle import Cycle
+from monitor.service.daemon import Runtime, freeze_long_lived, open_runtime
 
 RSS_GOAL_MB = 500
 SCRAPE_GOAL_SECONDS = 1.0
@@ -165,7 +165,7 @@ class _MotoControls:
     """The simulators of the fleet, in the moto server of this process."""
 
     def __init__(self, fleet: Fleet) -> None:
-        from monitor.simulator import simulator_for
+        from monitor.demo.simulator import simulator_for
 
         self._per_pair = 0
         self._simulators = [
@@ -189,7 +189,7 @@ def serve_moto(fleet: Fleet, latency: float) -> None:
     """The simulator server with the fleet seeded (every image `enabled`)."""
     # moto would otherwise build ~1300 public AMIs per region and account first.
     os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
-    from monitor.simulator import start_server
+    from monitor.demo.simulator import start_server
 
     server = start_server()
     controls = _MotoControls(fleet)

@@ -34,7 +34,7 @@ import sqlalchemy
 from endpoint_child import endpoint_env
 from sqlalchemy import func, make_url, select
 
-from monitor.daemon import LEADERSHIP_TICK_SECONDS
+from monitor.service.daemon import LEADERSHIP_TICK_SECONDS
 from monitor.store.schema import history
 
 ACCOUNT = "123456789012"
@@ -235,7 +235,7 @@ def main() -> int:
 
     # moto would otherwise build ~1300 public AMIs first.
     os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
-    from monitor.simulator import simulator_for, start_server
+    from monitor.demo.simulator import simulator_for, start_server
 
     started = time.monotonic()
     with (

@@ -22,18 +22,18 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from monitor import __version__
-from monitor.cycle import utc_now
-from monitor.durations import parse_duration
-from monitor.errors import ConfigError, MonitorError, SchemaBehindError
-from monitor.logs import LEVELS, setup_logging
-from monitor.model import HistoryEntry, PollSummary, Scope, StoredImage
-from monitor.printable import printable
-from monitor.settings import Settings, config_path, load_settings
+from monitor.config.settings import Settings, config_path, load_settings
+from monitor.core.durations import parse_duration
+from monitor.core.errors import ConfigError, MonitorError, SchemaBehindError
+from monitor.core.logs import LEVELS, setup_logging
+from monitor.core.model import HistoryEntry, PollSummary, Scope, StoredImage
+from monitor.core.printable import printable
+from monitor.core.times import rfc3339
+from monitor.poll.cycle import utc_now
 from monitor.store import Store
-from monitor.times import rfc3339
 
 if TYPE_CHECKING:
-    from monitor.store.outbox import OutboxView
+    from monitor.alerts.outbox import OutboxView
 
 PROG = "fastlaunch-monitor"
 
@@ -276,7 +276,7 @@ def _alert_json(view: OutboxView) -> dict[str, Any]:
 
 
 def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
-    from monitor.store.outbox import Outbox
+    from monitor.alerts.outbox import Outbox
 
     views = Outbox(_open_read_only(settings)).listing(pending_only=args.pending, limit=args.limit)
     if args.json:
@@ -312,8 +312,8 @@ def cmd_alerts(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
-    from monitor.daemon import open_runtime
-    from monitor.preflight import check_database_folder
+    from monitor.service.daemon import open_runtime
+    from monitor.service.preflight import check_database_folder
 
     check_database_folder(settings.database)
     runtime = open_runtime(settings)
@@ -339,9 +339,9 @@ def cmd_poll(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    from monitor.daemon import build_sources
-    from monitor.errors import SourceError
-    from monitor.preflight import preflight
+    from monitor.core.errors import SourceError
+    from monitor.service.daemon import build_sources
+    from monitor.service.preflight import preflight
     from monitor.store import create_engine_for, current_revision, head_revision
 
     # The files `run` opens at start, opened by the same code: what fails there fails here.
@@ -379,7 +379,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
-    from monitor.preflight import check_database_folder
+    from monitor.service.preflight import check_database_folder
     from monitor.store import create_engine_for, head_revision, upgrade
 
     if args.db_command == "prune":
@@ -420,7 +420,7 @@ def _log_level(args: argparse.Namespace, settings: Settings | None) -> str:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from monitor.daemon import run_daemon
+    from monitor.service.daemon import run_daemon
 
     def reload() -> Settings:
         # The path is looked up again: a config file created since start-up counts too.
@@ -450,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             # The demo builds its own settings: it must work on a laptop with no config at all.
-            from monitor.demo import run_demo
+            from monitor.demo.run import run_demo
 
             return run_demo(duration=args.duration)
         settings = load_settings(config_path(args.config, os.environ), os.environ)

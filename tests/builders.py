@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from monitor.model import FastLaunchImage
+from monitor.core.model import FastLaunchImage
 
 T0 = datetime(2026, 11, 26, 10, 0, 0, 123000, tzinfo=UTC)
 

@@ -17,12 +17,12 @@ import pytest
 from moto import mock_aws
 from prometheus_client import CollectorRegistry
 
-from monitor.aws import PollLimits, RawImage, TargetSource
-from monitor.current import CurrentState
-from monitor.cycle import Cycle
-from monitor.metrics import MonitorMetrics, build_registry
-from monitor.settings import AwsSettings, TargetSettings
-from monitor.simulator import ManualClock, use_clock
+from monitor.aws.sessions import PollLimits, RawImage, TargetSource
+from monitor.config.settings import AwsSettings, TargetSettings
+from monitor.demo.simulator import ManualClock, use_clock
+from monitor.exposition.current import CurrentState
+from monitor.exposition.metrics import MonitorMetrics, build_registry
+from monitor.poll.cycle import Cycle
 from monitor.store import Store
 
 #: moto's account for any access key it did not hand out: the default credential chain's.

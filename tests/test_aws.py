@@ -19,11 +19,17 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
-from monitor.aws import ROLE_SESSION_NAME, BaseSessions, PollLimits, TargetSource, translate
-from monitor.errors import ConfigError, SourceError
-from monitor.ratelimit import RateLimits
-from monitor.settings import AwsSettings, TargetSettings
-from monitor.simulator import FastLaunchSimulator, ManualClock, simulator_for, start_server
+from monitor.aws.ratelimit import RateLimits
+from monitor.aws.sessions import (
+    ROLE_SESSION_NAME,
+    BaseSessions,
+    PollLimits,
+    TargetSource,
+    translate,
+)
+from monitor.config.settings import AwsSettings, TargetSettings
+from monitor.core.errors import ConfigError, SourceError
+from monitor.demo.simulator import FastLaunchSimulator, ManualClock, simulator_for, start_server
 from tests.fakes import (
     ACCOUNT,
     NO_RETRIES,
@@ -358,7 +364,7 @@ def test_the_endpoint_can_be_set_in_the_config_or_by_botocores_variable(
 def test_the_fast_timestamp_parser_agrees_with_botocores():
     from botocore.utils import parse_timestamp as botocore_parse
 
-    from monitor.aws import parse_timestamp
+    from monitor.aws.sessions import parse_timestamp
 
     for text in (
         "2026-11-26T10:00:00.123Z",
@@ -476,7 +482,7 @@ def test_until_its_account_is_known_a_target_draws_on_a_bucket_of_its_own(
 def test_by_default_every_target_draws_on_the_process_wide_buckets(
     sim: FastLaunchSimulator,
 ) -> None:
-    from monitor.aws import PROCESS_RATE_LIMITS
+    from monitor.aws.sessions import PROCESS_RATE_LIMITS
 
     first = source(TargetSettings(name="first", role_arn=role_arn(FIRST)), index=0)
     second = source(TargetSettings(name="second", role_arn=role_arn(FIRST)), index=1)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from apscheduler.triggers.interval import IntervalTrigger
 
-from monitor.clock_steps import STEP_THRESHOLD_SECONDS, ClockStepDetector, SteadyScheduler
+from monitor.service.clock_steps import STEP_THRESHOLD_SECONDS, ClockStepDetector, SteadyScheduler
 from tests.fakes import wait_for
 
 HOUR = 3600.0
@@ -112,7 +112,7 @@ def add_job(scheduler: SteadyScheduler, runs: Runs, *, interval: float, due_in: 
 def test_a_job_scheduled_before_the_wall_clock_stepped_back_runs_when_it_was_due(stepped, caplog):
     runs = Runs()
 
-    with caplog.at_level(logging.WARNING, logger="monitor.clock_steps"):
+    with caplog.at_level(logging.WARNING, logger="monitor.service.clock_steps"):
         # Due in 0.2 s when it was scheduled, before the clock went back 2 h.
         stepped.wall.offset = -2 * HOUR
         add_job(stepped.scheduler, runs, interval=60, due_in=2 * HOUR + 0.2)

@@ -6,8 +6,8 @@ import threading
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from monitor.current import CurrentState
-from monitor.model import FastLaunchImage, Scope, StoredImage
+from monitor.core.model import FastLaunchImage, Scope, StoredImage
+from monitor.exposition.current import CurrentState
 
 PROD_EU = Scope("prod", "111111111111", "eu-west-1")
 PROD_US = Scope("prod", "111111111111", "us-east-1")

@@ -13,9 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from monitor.aws import PollLimits, RawImage, TargetSource
-from monitor.current import CurrentState
-from monitor.cycle import (
+from monitor.aws.sessions import PollLimits, RawImage, TargetSource
+from monitor.config.settings import TargetSettings
+from monitor.core.errors import StoreError
+from monitor.core.model import REMOVED, AppliedPoll, PollResult
+from monitor.demo.simulator import ManualClock, simulator_for
+from monitor.exposition.current import CurrentState
+from monitor.exposition.metrics import (
+    MAX_PARALLEL_LAUNCHES,
+    STATE,
+    TARGET_RESOURCES,
+    build_registry,
+)
+from monitor.poll.cycle import (
     MAX_BACKOFF_SECONDS,
     Backoff,
     Cycle,
@@ -23,11 +33,6 @@ from monitor.cycle import (
     backoff_seconds,
     poll_processes_advice,
 )
-from monitor.errors import StoreError
-from monitor.metrics import MAX_PARALLEL_LAUNCHES, STATE, TARGET_RESOURCES, build_registry
-from monitor.model import REMOVED, AppliedPoll, PollResult
-from monitor.settings import TargetSettings
-from monitor.simulator import ManualClock, simulator_for
 from monitor.store import Store, create_engine_for, upgrade
 from tests.fakes import (
     ACCOUNT,
@@ -555,7 +560,7 @@ def test_backing_off_and_recovering_are_each_logged_once(
     clock: ManualClock, sqlite_store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     failing, healthy = failing_and_healthy()
-    caplog.set_level(logging.INFO, logger="monitor.cycle")
+    caplog.set_level(logging.INFO, logger="monitor.poll.cycle")
 
     with scheduled_monitor(sqlite_store, [failing, healthy], clock=clock) as mon:
         for number in range(9):
@@ -806,7 +811,7 @@ def test_an_out_of_range_field_is_dropped_and_the_other_images_failure_still_rec
     (far,) = sim.seed(1)
     clock.set(START)
     (failing,) = sim.seed(1)
-    caplog.set_level(logging.WARNING, logger="monitor.cycle")
+    caplog.set_level(logging.WARNING, logger="monitor.poll.cycle")
 
     with monitor(store, [source()], clock=clock) as mon:
         mon.cycle.run()

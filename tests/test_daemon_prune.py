@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, insert, select
 
-from monitor.daemon import Daemon, Runtime, open_runtime
-from monitor.settings import parse_settings
+from monitor.config.settings import parse_settings
+from monitor.service.daemon import Daemon, Runtime, open_runtime
 from monitor.store.schema import polls
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)

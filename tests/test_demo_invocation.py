@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.demo import invoked_as
+from monitor.demo.run import invoked_as
 
 VENV_PYTHON = "/home/me/fastlaunch monitor/.venv/bin/python"
 

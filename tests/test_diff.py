@@ -3,8 +3,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.diff import diff_images
-from monitor.model import KNOWN_STATES, REMOVED
+from monitor.core.diff import diff_images
+from monitor.core.model import KNOWN_STATES, REMOVED
 from tests.builders import T0, an_image
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)

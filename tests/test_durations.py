@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.durations import format_duration, parse_duration
+from monitor.core.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from monitor.daemon import freeze_long_lived
+from monitor.service.daemon import freeze_long_lived
 
 
 class Node:

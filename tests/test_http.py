@@ -19,12 +19,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.current import CurrentState
-from monitor.errors import ConfigError, MonitorError
-from monitor.http import HttpServer, Readiness, serve, server_tls_context
-from monitor.metrics import MonitorMetrics, build_registry
-from monitor.model import FastLaunchImage, PollResult, Scope
-from monitor.settings import HttpSettings
+from monitor.config.settings import HttpSettings
+from monitor.core.errors import ConfigError, MonitorError
+from monitor.core.model import FastLaunchImage, PollResult, Scope
+from monitor.exposition.current import CurrentState
+from monitor.exposition.http import HttpServer, Readiness, serve, server_tls_context
+from monitor.exposition.metrics import MonitorMetrics, build_registry
 from tests.pki import Pki, make_pki
 
 PROD = Scope("prod", "111111111111", "eu-west-1")
@@ -129,7 +129,7 @@ def test_metrics_serve_the_images_gauges_in_the_prometheus_text_format(monitor: 
 
 
 def test_metrics_follow_the_current_state_from_one_scrape_to_the_next(monitor: Monitor):
-    monitor.current.replace_scope(PROD, [image("ami-2", target_resource_count=7)])
+    monitor.exposition.current.replace_scope(PROD, [image("ami-2", target_resource_count=7)])
 
     reply = fetch(f"{monitor.server.url}/metrics")
 
@@ -140,7 +140,7 @@ def test_metrics_follow_the_current_state_from_one_scrape_to_the_next(monitor: M
 def test_a_failed_poll_keeps_serving_the_last_values(monitor: Monitor):
     failed = PollResult(PROD, CHANGED_AT, 20.0, 0, None, "RequestLimitExceeded", "throttled")
 
-    monitor.metrics.poll_finished(failed, [])
+    monitor.exposition.metrics.poll_finished(failed, [])
     reply = fetch(f"{monitor.server.url}/metrics")
 
     assert gauges(reply.body)[("fastlaunch_image_target_resources", "ami-2")] == 9
@@ -151,7 +151,7 @@ def test_a_failed_poll_keeps_serving_the_last_values(monitor: Monitor):
 
 
 def test_a_standby_serves_its_own_series_without_any_image(monitor: Monitor):
-    monitor.metrics.set_leader(False)
+    monitor.exposition.metrics.set_leader(False)
 
     reply = fetch(f"{monitor.server.url}/metrics")
 
@@ -263,7 +263,7 @@ def test_one_kept_alive_connection_serves_several_requests(monitor: Monitor):
 def test_requests_are_logged_at_debug_and_never_on_stderr(
     monitor: Monitor, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ):
-    caplog.set_level(logging.DEBUG, logger="monitor.http")
+    caplog.set_level(logging.DEBUG, logger="monitor.exposition.http")
 
     fetch(f"{monitor.server.url}/metrics")
     fetch(f"{monitor.server.url}/nowhere")

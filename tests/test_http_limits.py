@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor.current import CurrentState
-from monitor.http import HttpServer, serve
-from monitor.metrics import build_registry
+from monitor.exposition.current import CurrentState
+from monitor.exposition.http import HttpServer, serve
+from monitor.exposition.metrics import build_registry
 from tests.fakes import wait_for
 from tests.test_http import Health, fetch
 
@@ -200,7 +200,7 @@ def test_a_kept_alive_connection_waits_idle_for_the_idle_timeout_not_the_head_de
 SERVER_WITH_FEW_DESCRIPTORS = """
 import logging, os, resource, sys
 from prometheus_client import CollectorRegistry
-from monitor.http import Readiness, serve
+from monitor.exposition.http import Readiness, serve
 
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 server = serve(

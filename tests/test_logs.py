@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from monitor.logs import JsonFormatter, TextFormatter, setup_logging
+from monitor.core.logs import JsonFormatter, TextFormatter, setup_logging
 
 
 @pytest.fixture
@@ -22,12 +22,12 @@ def captured():
 
 def test_json_logs_are_one_object_a_line_with_their_context(captured):
     setup_logging("INFO", "json", captured)
-    log = logging.getLogger("monitor.cycle")
+    log = logging.getLogger("monitor.poll.cycle")
     log.info("poll of %s failed", "prod", extra={"target": "prod", "region": "eu-west-1"})
     log.warning("two\nlines", extra={"image": "ami-1"})
     first, second = (json.loads(line) for line in captured.getvalue().splitlines())
     assert first["level"] == "INFO"
-    assert first["logger"] == "monitor.cycle"
+    assert first["logger"] == "monitor.poll.cycle"
     assert first["message"] == "poll of prod failed"
     assert (first["target"], first["region"]) == ("prod", "eu-west-1")
     assert first["time"].endswith("+00:00")
@@ -59,14 +59,14 @@ def test_both_formatters_print_the_message_they_are_given():
     assert json.loads(JsonFormatter().format(record))["message"] == "x=1"
 
 
-FORGED = "ami-1\nERROR monitor.cycle: poll of prod/us-east-1 failed: forged\x1b[31m"
+FORGED = "ami-1\nERROR monitor.poll.cycle: poll of prod/us-east-1 failed: forged\x1b[31m"
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_a_record_whose_message_and_context_hold_line_breaks_is_one_line(captured, fmt):
     setup_logging("INFO", fmt, captured)
     extra = {"target": "prod\nINFO x: y", "region": "us-east-1\r\n", "image": FORGED}
-    logging.getLogger("monitor.cycle").warning(
+    logging.getLogger("monitor.poll.cycle").warning(
         "image %s failed: %s", FORGED, "a\u2028b", extra=extra
     )
 
@@ -79,7 +79,8 @@ def test_a_record_whose_message_and_context_hold_line_breaks_is_one_line(capture
         assert entry["target"] == "prod\nINFO x: y"
     else:
         assert line == (
-            "WARNING monitor.cycle: image ami-1\\nERROR monitor.cycle: poll of prod/us-east-1 "
+            "WARNING monitor.poll.cycle: image ami-1\\nERROR monitor.poll.cycle: "
+            "poll of prod/us-east-1 "
             "failed: forged\\x1b[31m failed: a\\u2028b"
         )
 
@@ -95,7 +96,7 @@ def test_a_text_traceback_cannot_forge_a_log_line_with_its_exception_message(cap
     assert lines[0] == "ERROR monitor: it failed"
     assert lines[1] == "Traceback (most recent call last):"
     assert [line for line in lines if line.startswith(("ERROR", "INFO", "WARNING"))] == [lines[0]]
-    assert lines[-1].startswith("ValueError: ami-1\\nERROR monitor.cycle")
+    assert lines[-1].startswith("ValueError: ami-1\\nERROR monitor.poll.cycle")
     assert "\x1b" not in captured.getvalue()
 
 

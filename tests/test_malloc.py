@@ -12,7 +12,7 @@ import pytest
 # its own (`hblks`, from mallinfo2) and so is unmapped when freed.
 PROBE = """
 import ctypes, sys
-from monitor.malloc import return_large_buffers
+from monitor.core.malloc import return_large_buffers
 
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (

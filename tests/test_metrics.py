@@ -15,10 +15,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor import image_exposition
-from monitor.current import CurrentState
-from monitor.metrics import ImageCollector, build_registry, exposition
-from monitor.model import KNOWN_STATES, FastLaunchImage, PollResult, Scope, Transition
+from monitor.core.model import KNOWN_STATES, FastLaunchImage, PollResult, Scope, Transition
+from monitor.exposition import images as image_exposition
+from monitor.exposition.current import CurrentState
+from monitor.exposition.metrics import ImageCollector, build_registry, exposition
 
 PROD = Scope("prod", "111111111111", "eu-west-1")
 OTHER = Scope("other", "222222222222", "us-east-1")

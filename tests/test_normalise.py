@@ -2,8 +2,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from monitor.errors import SourceError
-from monitor.normalise import normalise_image, normalise_images
+from monitor.aws.normalise import normalise_image, normalise_images
+from monitor.core.errors import SourceError
 
 FULL_ITEM = {
     "ImageId": "ami-0123456789abcdef0",

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.printable import printable, printable_traceback
+from monitor.core.printable import printable, printable_traceback
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_whatever_the_text_it_prints_as_one_line_without_controls(text):
 def test_a_traceback_keeps_its_lines_but_escapes_what_its_exceptions_say():
     def fail() -> None:
         try:
-            raise LookupError("ami-1\nERROR monitor.cycle: forged")
+            raise LookupError("ami-1\nERROR monitor.poll.cycle: forged")
         except LookupError as exc:
             raise ValueError("wrapped\x1b[31m") from exc
 
@@ -62,7 +62,7 @@ def test_a_traceback_keeps_its_lines_but_escapes_what_its_exceptions_say():
 
     lines = text.splitlines()
     assert lines[0] == "Traceback (most recent call last):"
-    assert "LookupError: ami-1\\nERROR monitor.cycle: forged" in lines
+    assert "LookupError: ami-1\\nERROR monitor.poll.cycle: forged" in lines
     assert "The above exception was the direct cause of the following exception:" in lines
     assert lines[-1] == "ValueError: wrapped\\x1b[31m"
     assert not any(line.startswith("ERROR") for line in lines)

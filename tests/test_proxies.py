@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor.errors import ConfigError
-from monitor.proxies import environment_proxies, proxy_address, proxy_credentials
-from monitor.settings import WebhookSettings, parse_settings
+from monitor.config.proxies import environment_proxies, proxy_address, proxy_credentials
+from monitor.config.settings import WebhookSettings, parse_settings
+from monitor.core.errors import ConfigError
 
 FILE = "/etc/fastlaunch-monitor/config.toml"
 PASSWORD = "pr0xy-pa55word"

@@ -8,7 +8,7 @@ from bisect import bisect_left
 
 import pytest
 
-from monitor.ratelimit import EC2_READ_BURST, EC2_READ_RATE, RateLimits, TokenBucket
+from monitor.aws.ratelimit import EC2_READ_BURST, EC2_READ_RATE, RateLimits, TokenBucket
 
 
 class FakeClock:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
 
-from monitor.aws import translate
-from monitor.redact import redact_url_credentials
+from monitor.aws.sessions import translate
+from monitor.core.redact import redact_url_credentials
 
 CANARY = "s3cret-canary"
 

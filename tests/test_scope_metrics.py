@@ -16,10 +16,10 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.current import CurrentState
-from monitor.metrics import build_registry, exposition
-from monitor.model import REMOVED, FastLaunchImage, PollResult, Scope, Transition
-from monitor.scope_metrics import DETECTION_DELAY_BUCKETS, POLL_DURATION_BUCKETS
+from monitor.core.model import REMOVED, FastLaunchImage, PollResult, Scope, Transition
+from monitor.exposition.current import CurrentState
+from monitor.exposition.metrics import build_registry, exposition
+from monitor.exposition.scope_metrics import DETECTION_DELAY_BUCKETS, POLL_DURATION_BUCKETS
 from tests.builders import an_image
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"

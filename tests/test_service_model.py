@@ -6,7 +6,7 @@ import botocore.session
 import pytest
 from botocore.loaders import create_loader
 
-from monitor.service_model import EC2_OPERATIONS, TrimmedModelLoader, trimmed
+from monitor.aws.service_model import EC2_OPERATIONS, TrimmedModelLoader, trimmed
 
 
 def test_the_trimmed_model_keeps_the_operation_and_every_shape_it_reaches():

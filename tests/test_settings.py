@@ -5,9 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.errors import ConfigError
-from monitor.model import FAILED_STATES
-from monitor.settings import (
+from monitor.config.settings import (
     BUILT_IN_SOURCE,
     AwsSettings,
     HttpSettings,
@@ -18,6 +16,8 @@ from monitor.settings import (
     load_settings,
     parse_settings,
 )
+from monitor.core.errors import ConfigError
+from monitor.core.model import FAILED_STATES
 
 FILE = "/etc/fastlaunch-monitor/config.toml"
 SECRET_URL = "https://hooks.slack.com/services/T000/B000/s3cr3tT0ken"

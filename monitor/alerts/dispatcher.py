@@ -21,13 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from monitor.alerts.formats import build_requests
+from monitor.alerts.outbox import DELIVERED, FAILED, RETRY, Outbox
 from monitor.alerts.records import DeliveryOutcome, OutboxEntry
 from monitor.alerts.rules import FIRING
 from monitor.alerts.sender import WebhookSender
-from monitor.errors import StoreError
-from monitor.metrics import MonitorMetrics
-from monitor.settings import WebhookSettings
-from monitor.store.outbox import DELIVERED, FAILED, RETRY, Outbox
+from monitor.config.settings import WebhookSettings
+from monitor.core.errors import StoreError
+from monitor.exposition.metrics import MonitorMetrics
 
 log = logging.getLogger(__name__)
 

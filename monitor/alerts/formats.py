@@ -24,8 +24,8 @@ from monitor import __version__
 from monitor.alerts.records import OutboxEntry, WebhookRequest
 from monitor.alerts.rules import RESOLVED, STUCK
 from monitor.alerts.signing import sign
-from monitor.settings import WebhookSettings
-from monitor.times import rfc3339
+from monitor.config.settings import WebhookSettings
+from monitor.core.times import rfc3339
 
 USER_AGENT = f"fastlaunch-monitor/{__version__}"
 ALERTMANAGER_PATH = "/api/v2/alerts"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from monitor.model import Scope
+from monitor.core.model import Scope
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ The rules see the stored images, not the outbox, so the `since` they give a reso
 provisional: the stored transition time, or this poll's time when AWS gave none (the firing was
 keyed by the time of the poll that first saw the failure); and a stuck alert may never have
 fired (no poll saw the image stuck before it moved on). The store pairs each resolve with its
-firing as it writes it (`monitor.store.outbox.insert_alerts`): re-keyed by the `since` and
+firing as it writes it (`monitor.alerts.outbox.insert_alerts`): re-keyed by the `since` and
 episode of the newest firing of its alert (`AlertEvent.resolving`), or dropped when nothing
 fired.
 """
@@ -33,14 +33,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from monitor.model import (
+from monitor.core.model import (
     TRANSIENT_STATES,
     FastLaunchImage,
     ImageDiff,
     Scope,
     Transition,
 )
-from monitor.times import rfc3339
+from monitor.core.times import rfc3339
 
 FIRING = "firing"
 RESOLVED = "resolved"

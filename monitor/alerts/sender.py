@@ -38,9 +38,9 @@ import urllib3
 from urllib3.exceptions import HTTPError
 
 from monitor.alerts.records import DeliveryOutcome, WebhookRequest
-from monitor.errors import ConfigError
-from monitor.proxies import proxy_address, proxy_credentials
-from monitor.settings import WebhookSettings
+from monitor.config.proxies import proxy_address, proxy_credentials
+from monitor.config.settings import WebhookSettings
+from monitor.core.errors import ConfigError
 
 # Receivers' answers are not used; a bounded read keeps small answers' connections reusable
 # without letting a receiver make us read (or decompress) an unbounded body.

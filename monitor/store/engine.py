@@ -21,7 +21,7 @@ import sqlalchemy
 from sqlalchemy import URL, Connection, Engine, event, make_url
 from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
-from monitor.errors import StoreError
+from monitor.core.errors import StoreError
 
 #: The execution option that makes a SQLite transaction begin IMMEDIATE (see `writer`).
 WRITE_OPTION = "fastlaunch_monitor_write"

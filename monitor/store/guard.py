@@ -1,8 +1,8 @@
 """One instance per SQLite file: an exclusive lock on `<database file>.lock`.
 
 Two daemons on one SQLite file would each poll every target and dispatch every alert, and
-nothing would elect one of them (that is PostgreSQL's job, see `monitor.leader`). So the second
-refuses to start. The lock is a `flock` on a file beside the database, held for the life of
+nothing would elect one of them (that is PostgreSQL's job, see `monitor.store.leader`). So the
+second refuses to start. The lock is a `flock` on a file beside the database, held for the life of
 the process: the kernel drops it when the process ends, however it ends, so a crash never
 leaves a stale lock behind. The lock file stays on disk; removing it would let two processes
 lock two different files of the same name.
@@ -19,7 +19,7 @@ from types import TracebackType
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
 
-from monitor.errors import StoreError
+from monitor.core.errors import StoreError
 
 #: Room enough for any pid written into the lock file by its holder.
 _PID_BYTES = 32

@@ -21,7 +21,7 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, text
 
 import monitor
-from monitor.errors import SchemaBehindError, StoreError
+from monitor.core.errors import SchemaBehindError, StoreError
 from monitor.store.engine import database_errors, writer
 
 # Instances sharing a PostgreSQL database may all start at once; this lock lets one migrate.

@@ -1,6 +1,6 @@
 """The store: what the rest of the monitor reads from and writes to the database.
 
-Records from `monitor.model` go in and come out; rows never leave this module. Writes are Core
+Records from `monitor.core.model` go in and come out; rows never leave this module. Writes are Core
 statements executed in bulk, so the cost of applying a poll grows with what changed, not with
 how many images there are: an unchanged poll of any size is one SELECT and one INSERT.
 """
@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, Row, bindparam, delete, func, insert, select, text
 
-from monitor.diff import diff_images
-from monitor.model import (
+from monitor.alerts.outbox import insert_alerts
+from monitor.aws.normalise import to_utc
+from monitor.core.diff import diff_images
+from monitor.core.model import (
     AppliedPoll,
     FastLaunchImage,
     HistoryEntry,
@@ -26,9 +28,7 @@ from monitor.model import (
     StoredImage,
     Transition,
 )
-from monitor.normalise import to_utc
 from monitor.store.engine import database_errors, dialect_insert, write_transaction
-from monitor.store.outbox import insert_alerts
 from monitor.store.schema import history, images, polls
 
 if TYPE_CHECKING:

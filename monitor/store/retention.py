@@ -38,7 +38,7 @@ from monitor.store.engine import database_errors, write_transaction
 from monitor.store.schema import alert_attempts, alert_outbox, history, images, polls
 
 if TYPE_CHECKING:
-    from monitor.settings import DatabaseSettings
+    from monitor.config.settings import DatabaseSettings
 
 #: How long one transaction of a prune should take: a write waiting for it (a poll's) is
 #: delayed by about this much. Batches of polls and transitions are sized to it as they go,

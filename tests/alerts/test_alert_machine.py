@@ -60,10 +60,12 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select
 
 from monitor.alerts.dispatcher import BACKOFF_FIRST, GIVE_UP_AFTER, LEASE_SECONDS, Dispatcher
+from monitor.alerts.outbox import DELIVERED, RETRY, Outbox
+from monitor.alerts.outbox import FAILED as GAVE_UP
 from monitor.alerts.records import DeliveryOutcome, WebhookRequest
 from monitor.alerts.rules import FAILED, FIRING, RESOLVED, STUCK, Receiver, alert_policy
-from monitor.metrics import MonitorMetrics
-from monitor.model import (
+from monitor.config.settings import WebhookSettings
+from monitor.core.model import (
     FAILED_STATES,
     KNOWN_STATES,
     REMOVED,
@@ -72,12 +74,10 @@ from monitor.model import (
     PollResult,
     Scope,
 )
-from monitor.settings import WebhookSettings
+from monitor.core.times import rfc3339
+from monitor.exposition.metrics import MonitorMetrics
 from monitor.store import Store, create_engine_for, upgrade
-from monitor.store.outbox import DELIVERED, RETRY, Outbox
-from monitor.store.outbox import FAILED as GAVE_UP
 from monitor.store.schema import alert_attempts, alert_outbox, history
-from monitor.times import rfc3339
 from tests.builders import T0, an_image
 
 SCOPE = Scope("prod", "123456789012", "us-east-1")

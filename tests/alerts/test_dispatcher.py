@@ -17,14 +17,14 @@ from monitor.alerts.dispatcher import (
     combine,
     fingerprint,
 )
+from monitor.alerts.outbox import Outbox
 from monitor.alerts.records import DeliveryOutcome
 from monitor.alerts.rules import Receiver, alert_policy
-from monitor.current import CurrentState
-from monitor.metrics import build_registry
-from monitor.model import FAILED_STATES, FastLaunchImage, PollResult, Scope
-from monitor.settings import WebhookSettings
+from monitor.config.settings import WebhookSettings
+from monitor.core.model import FAILED_STATES, FastLaunchImage, PollResult, Scope
+from monitor.exposition.current import CurrentState
+from monitor.exposition.metrics import build_registry
 from monitor.store import Store, create_engine_for, upgrade
-from monitor.store.outbox import Outbox
 from tests.alerts.receivers import Answer
 from tests.builders import T0, an_image
 

@@ -13,8 +13,8 @@ from monitor.alerts.formats import USER_AGENT, build_requests
 from monitor.alerts.records import OutboxEntry, WebhookRequest
 from monitor.alerts.rules import FAILED, FIRING, RESOLVED, STUCK
 from monitor.alerts.signing import sign, verify
-from monitor.model import Scope
-from monitor.settings import WebhookSettings
+from monitor.config.settings import WebhookSettings
+from monitor.core.model import Scope
 
 SCOPE = Scope(target="prod", account_id="111122223333", region="us-east-1")
 IMAGE = "ami-0123456789abcdef0"

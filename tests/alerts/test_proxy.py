@@ -15,7 +15,7 @@ import pytest
 
 from monitor.alerts.records import DeliveryOutcome, WebhookRequest
 from monitor.alerts.sender import WebhookSender
-from monitor.settings import WebhookSettings, parse_settings
+from monitor.config.settings import WebhookSettings, parse_settings
 from tests.alerts.receivers import CertificateAuthority, Receiver, refusing_url
 from tests.alerts.tinyproxy import VIA_NAME, Tinyproxy
 

@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 
 from monitor.alerts.dispatcher import Dispatcher
+from monitor.alerts.outbox import Outbox
 from monitor.alerts.rules import Receiver as AlertReceiver
 from monitor.alerts.rules import alert_policy
-from monitor.current import CurrentState
-from monitor.metrics import build_registry
-from monitor.model import FAILED_STATES, PollResult, Scope
-from monitor.settings import WebhookSettings
+from monitor.config.settings import WebhookSettings
+from monitor.core.model import FAILED_STATES, PollResult, Scope
+from monitor.exposition.current import CurrentState
+from monitor.exposition.metrics import build_registry
 from monitor.store import Store, create_engine_for, upgrade
-from monitor.store.outbox import Outbox
 from tests.alerts.receivers import Received, Receiver
 from tests.builders import an_image
 

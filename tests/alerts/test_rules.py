@@ -10,8 +10,8 @@ from monitor.alerts.rules import (
     Receiver,
     alerts_for_poll,
 )
-from monitor.diff import diff_images
-from monitor.model import FAILED_STATES, Scope
+from monitor.core.diff import diff_images
+from monitor.core.model import FAILED_STATES, Scope
 from tests.builders import T0
 from tests.builders import an_image as image
 

@@ -13,8 +13,8 @@ import urllib3
 
 from monitor.alerts.records import DeliveryOutcome, WebhookRequest
 from monitor.alerts.sender import WebhookSender, parse_retry_after
-from monitor.errors import ConfigError
-from monitor.settings import WebhookSettings
+from monitor.config.settings import WebhookSettings
+from monitor.core.errors import ConfigError
 from tests.alerts.receivers import Answer, CertificateAuthority, Receiver
 
 CANARY = "canary-7f3a9c"

@@ -104,8 +104,8 @@ def test_a_standard_webhooks_library_verifies_a_json_alert_as_sent() -> None:
 
     from monitor.alerts.formats import build_requests
     from monitor.alerts.records import OutboxEntry
-    from monitor.model import Scope
-    from monitor.settings import WebhookSettings
+    from monitor.config.settings import WebhookSettings
+    from monitor.core.model import Scope
 
     secret = "whsec_" + base64.b64encode(b"a key of thirty-two bytes, truly").decode()
     now = datetime.now(UTC)

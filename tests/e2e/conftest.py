@@ -21,7 +21,7 @@ from typing import TypeVar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.simulator import (
+from monitor.demo.simulator import (
     FastLaunchSimulator,
     ManualClock,
     SimulatorServer,

@@ -28,9 +28,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.alerts.dispatcher import ALERTMANAGER_RESEND
-from monitor.simulator import FastLaunchSimulator, ManualClock
+from monitor.alerts.outbox import Outbox
+from monitor.demo.simulator import FastLaunchSimulator, ManualClock
 from monitor.store import create_engine_for
-from monitor.store.outbox import Outbox
 from tests.e2e.conftest import ACCOUNT, REGION, TARGET, DaemonProcess, wait_for
 from tests.processes import start_on_free_port, stop
 

@@ -41,7 +41,7 @@ def test_the_demo_polls_the_simulator_and_stops_after_its_duration(tmp_path):
 
 def test_the_demo_receiver_prints_an_alert_firing_and_resolving(tmp_path):
     # Fifteen times faster: the scenario's 150 s fail-and-recover story in 10 s.
-    demo = "from monitor.demo import run_demo; run_demo(12, speed=15)"
+    demo = "from monitor.demo.run import run_demo; run_demo(12, speed=15)"
     result = run_without_aws([sys.executable, "-c", demo], tmp_path)
     assert result.returncode == 0, result.stderr
     received = [line for line in result.stdout.splitlines() if line.startswith("receiver:")]
@@ -123,7 +123,7 @@ def test_the_installed_wheel_ships_and_applies_its_migrations(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "monitor/_migrations/env.py" in names
     assert any(n.startswith("monitor/_migrations/versions/0001") for n in names)
-    assert "monitor/simulator/extension.py" in names
+    assert "monitor/demo/simulator/extension.py" in names
 
     # Installed from the wheel alone (ahead of this checkout on the path), `db upgrade` must
     # find the migrations inside the package.

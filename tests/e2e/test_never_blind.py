@@ -103,4 +103,6 @@ def test_a_sqlite_file_deleted_under_the_daemon_stops_it_with_exit_1(sim, start_
             path.unlink()
 
     assert daemon.process.wait(20) == 1
-    assert f"ERROR monitor.daemon: the database file {database} was deleted" in daemon.stderr()
+    assert (
+        f"ERROR monitor.service.daemon: the database file {database} was deleted" in daemon.stderr()
+    )

@@ -25,15 +25,15 @@ from typing import IO
 
 import pytest
 
-from monitor import daemon as daemon_module
-from monitor import poll_processes, poll_worker
-from monitor.aws import TargetSource
-from monitor.errors import SourceError
-from monitor.model import Scope
-from monitor.poll_processes import PollProcesses
-from monitor.poll_protocol import Reply, Request, Setup, frame, read_frame
-from monitor.settings import AwsSettings, TargetSettings, parse_settings
-from monitor.simulator import SimulatorServer
+from monitor.aws import poll_processes, poll_worker
+from monitor.aws.poll_processes import PollProcesses
+from monitor.aws.poll_protocol import Reply, Request, Setup, frame, read_frame
+from monitor.aws.sessions import TargetSource
+from monitor.config.settings import AwsSettings, TargetSettings, parse_settings
+from monitor.core.errors import SourceError
+from monitor.core.model import Scope
+from monitor.demo.simulator import SimulatorServer
+from monitor.service import daemon as daemon_module
 from tests.e2e.conftest import (
     ACCOUNT,
     DEFAULT_MONITOR,
@@ -231,7 +231,7 @@ def test_the_daemon_polls_through_poll_processes_which_end_with_it(sim, start_da
     assert daemon.value("fastlaunch_leader") == 1
     # One target: one account, so one of the two processes serves it and the other never starts.
     (child,) = children_of(daemon.process.pid)
-    assert "monitor.poll_worker" in Path(f"/proc/{child}/cmdline").read_text()
+    assert "monitor.aws.poll_worker" in Path(f"/proc/{child}/cmdline").read_text()
 
     daemon.process.kill()
     daemon.process.wait()
@@ -256,14 +256,14 @@ def test_a_daemon_stopped_by_sigterm_finishes_and_ends_its_poll_processes(sim, s
 def test_a_poll_process_loads_no_database_code():
     # SQLAlchemy alone would cost each poll process 14 MB.
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, monitor.poll_worker; print(sorted(sys.modules))"],
+        [sys.executable, "-c", "import sys, monitor.aws.poll_worker; print(sorted(sys.modules))"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
 
     assert "'sqlalchemy'" not in loaded
-    assert "'monitor.aws'" in loaded
+    assert "'monitor.aws.sessions'" in loaded
 
 
 def test_poll_through_a_poll_process_records_the_same_cycle_and_exits(
@@ -351,7 +351,7 @@ def test_the_daemon_gives_its_poll_processes_advice_once_however_many_cycles_ear
     )
     settings = parse_settings(config.read_text(), source=str(config), env={}, base_dir=tmp_path)
     daemon = daemon_module.Daemon(daemon_module.open_runtime(settings))
-    caplog.set_level(logging.INFO, logger="monitor.daemon")
+    caplog.set_level(logging.INFO, logger="monitor.service.daemon")
     try:
         daemon.start()
         wait_for(lambda: daemon.cycles >= 3, what="three cycles")

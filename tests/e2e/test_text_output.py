@@ -14,10 +14,10 @@ from datetime import timedelta
 import pytest
 
 from monitor.alerts.rules import Receiver, alert_policy
-from monitor.cycle import utc_now
-from monitor.model import FAILED_STATES, PollResult, Scope
-from monitor.simulator import Ec2Error
-from monitor.simulator.wire import error_reply
+from monitor.core.model import FAILED_STATES, PollResult, Scope
+from monitor.demo.simulator import Ec2Error
+from monitor.demo.simulator.wire import error_reply
+from monitor.poll.cycle import utc_now
 from monitor.store import Store, create_engine_for, upgrade
 from tests.alerts.receivers import Answer
 from tests.alerts.receivers import Receiver as FakeEndpoint
@@ -120,7 +120,7 @@ def ec2_answering_an_evil_error(tmp_path, simulator_server):
     """A config whose EC2 endpoint answers every request with an error whose code and message
     hold line breaks and C1 controls (XML cannot carry ESC itself); STS is the simulator's."""
     code = "Evil\nCode"
-    message = "one\nERROR monitor.cycle: forged \x9b31mred\u2028end"
+    message = "one\nERROR monitor.poll.cycle: forged \x9b31mred\u2028end"
     with FakeEndpoint() as endpoint:
         reply = error_reply(Ec2Error(code, message, status=400))
         endpoint.always(Answer(reply.status, body=reply.body.encode()))
@@ -140,7 +140,7 @@ def test_poll_check_and_the_text_log_print_one_line_each_whatever_aws_answers(
     assert_no_control_characters(polled.stdout + polled.stderr)
     line, summary = polled.stdout.splitlines()
     assert line == (
-        f"{TARGET}/{REGION}: FAILED Evil\\nCode: one\\nERROR monitor.cycle: forged "
+        f"{TARGET}/{REGION}: FAILED Evil\\nCode: one\\nERROR monitor.poll.cycle: forged "
         "\\x9b31mred\\u2028end"
     )
     assert summary.startswith("1 scopes polled, 1 failed")
@@ -152,7 +152,7 @@ def test_poll_check_and_the_text_log_print_one_line_each_whatever_aws_answers(
     assert_no_control_characters(checked.stdout)
     (target_line,) = [entry for entry in checked.stdout.splitlines() if entry.startswith("target")]
     assert target_line.endswith(
-        "error: Evil\\nCode: one\\nERROR monitor.cycle: forged \\x9b31mred\\u2028end"
+        "error: Evil\\nCode: one\\nERROR monitor.poll.cycle: forged \\x9b31mred\\u2028end"
     )
 
     status = cli(config, "status", env=env)
@@ -168,7 +168,7 @@ def test_a_state_and_reason_from_the_simulator_stay_in_their_log_line_and_row(
     sim, tmp_path, simulator_server
 ):
     (image_id,) = sim.seed(1)
-    sim.force_state(image_id, "enabled\nERROR monitor.cycle: forged", reason="why\n\x85not")
+    sim.force_state(image_id, "enabled\nERROR monitor.poll.cycle: forged", reason="why\n\x85not")
     config = write_config(
         tmp_path, simulator_server.endpoint_url, f"sqlite:///{tmp_path / 'history.sqlite3'}"
     )
@@ -179,7 +179,9 @@ def test_a_state_and_reason_from_the_simulator_stay_in_their_log_line_and_row(
     assert polled.returncode == 0, polled.stderr
     log = polled.stderr.splitlines()
     assert all(LOG_LINE.match(entry) for entry in log), log
-    assert any(entry.endswith("(new) -> enabled\\nERROR monitor.cycle: forged") for entry in log)
+    assert any(
+        entry.endswith("(new) -> enabled\\nERROR monitor.poll.cycle: forged") for entry in log
+    )
     history = cli(config, "history", env=env).stdout.splitlines()
     assert len(history) == 2, history
-    assert history[1].endswith("enabled\\nERROR monitor.cycle: forged  why\\n\\x85not")
+    assert history[1].endswith("enabled\\nERROR monitor.poll.cycle: forged  why\\n\\x85not")

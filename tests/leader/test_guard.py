@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.errors import StoreError
+from monitor.core.errors import StoreError
 from monitor.store.guard import SqliteGuard, acquire_sqlite_guard
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ REFUSAL = (
 # Takes the guard in a process of its own, says so, and holds it until its stdin closes.
 HOLD = """
 import sys
-from monitor.errors import StoreError
+from monitor.core.errors import StoreError
 from monitor.store.guard import acquire_sqlite_guard
 try:
     guard = acquire_sqlite_guard(sys.argv[1])

@@ -18,8 +18,8 @@ import sqlalchemy
 from psycopg.rows import TupleRow
 from sqlalchemy import Connection, make_url
 
-from monitor.errors import StoreError
-from monitor.leader import (
+from monitor.core.errors import StoreError
+from monitor.store.leader import (
     FORCE_LEADER_VARIABLE,
     LEADER_KEY,
     AlwaysLeader,
@@ -159,7 +159,7 @@ def test_the_lead_of_a_killed_process_passes_to_the_standby(
         [
             sys.executable,
             "-c",
-            "import sys; from monitor.leader import PostgresLeader; "
+            "import sys; from monitor.store.leader import PostgresLeader; "
             "leader = PostgresLeader(sys.argv[1]); "
             "print(leader.acquire_or_verify(), flush=True); sys.stdin.read()",
             postgres_url,
@@ -191,7 +191,7 @@ def test_a_terminated_lock_session_steps_the_leader_down_and_the_standby_takes_o
     admin: Connection,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="monitor.leader")
+    caplog.set_level(logging.INFO, logger="monitor.store.leader")
     url = with_password(postgres_url)
     first, second = leader_on(url, leaders), leader_on(url, leaders)
     first.acquire_or_verify()
@@ -244,7 +244,7 @@ def test_the_leader_steps_down_when_its_session_no_longer_holds_the_lock(
 def test_an_unreachable_database_means_standing_by_without_an_error_or_a_password_in_logs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="monitor.leader")
+    caplog.set_level(logging.DEBUG, logger="monitor.store.leader")
     port = a_closed_port()
     url = f"postgresql+psycopg://monitor:{PASSWORD}@127.0.0.1:{port}/monitor"
     leader = PostgresLeader(url, connect_timeout=2)

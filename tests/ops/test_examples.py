@@ -17,7 +17,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from monitor.settings import Settings, parse_settings
+from monitor.config.settings import Settings, parse_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "examples" / "config.toml"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.simulator import FastLaunchSimulator, SimulatorServer
+from monitor.demo.simulator import FastLaunchSimulator, SimulatorServer
 from tests.alerts.receivers import CertificateAuthority, Receiver
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import (

@@ -1,4 +1,4 @@
-"""The systemd notify protocol: `monitor.notify` against a bound socket, then the daemon's
+"""The systemd notify protocol: `monitor.service.notify` against a bound socket, then the daemon's
 whole conversation with a fake `NOTIFY_SOCKET` (a datagram socket this test binds), as
 systemd would hear it: READY, STATUS, the watchdog's pings, RELOADING, STOPPING.
 """
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from monitor.daemon import Daemon, open_runtime
-from monitor.errors import StoreError
-from monitor.notify import Notifier, Watchdog, monotonic_usec, watchdog_interval
-from monitor.settings import parse_settings
+from monitor.config.settings import parse_settings
+from monitor.core.errors import StoreError
+from monitor.service.daemon import Daemon, open_runtime
+from monitor.service.notify import Notifier, Watchdog, monotonic_usec, watchdog_interval
 from monitor.store import Store
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import wait_for
@@ -132,7 +132,7 @@ def notify_socket(request: pytest.FixtureRequest) -> NotifySocket:
     return notify
 
 
-# ---- monitor.notify on its own -----------------------------------------------------------
+# ---- monitor.service.notify on its own -----------------------------------------------------------
 
 
 def test_a_message_reaches_a_path_socket_as_newline_separated_fields(path_socket):
@@ -165,7 +165,7 @@ def test_without_notify_socket_nothing_is_sent_and_nothing_fails():
 def test_a_socket_nobody_listens_on_is_logged_once_and_never_raises(tmp_path, caplog):
     notifier = Notifier(str(tmp_path / "gone"))
 
-    with caplog.at_level(logging.WARNING, logger="monitor.notify"):
+    with caplog.at_level(logging.WARNING, logger="monitor.service.notify"):
         assert not notifier.notify("READY=1")
         assert not notifier.notify("WATCHDOG=1")
 
@@ -174,7 +174,7 @@ def test_a_socket_nobody_listens_on_is_logged_once_and_never_raises(tmp_path, ca
 
 
 def test_an_address_that_is_neither_a_path_nor_abstract_is_a_logged_failure(caplog):
-    with caplog.at_level(logging.WARNING, logger="monitor.notify"):
+    with caplog.at_level(logging.WARNING, logger="monitor.service.notify"):
         assert not Notifier("vsock:2:1234").notify("READY=1")
 
     assert "cannot notify systemd at vsock:2:1234" in caplog.text
@@ -191,7 +191,7 @@ def test_no_watchdog_without_watchdog_usec_or_when_it_is_meant_for_another_proce
 
 
 def test_a_malformed_watchdog_usec_is_ignored_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="monitor.notify"):
+    with caplog.at_level(logging.WARNING, logger="monitor.service.notify"):
         assert watchdog_interval({"WATCHDOG_USEC": "soon"}) is None
         assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
 
@@ -216,7 +216,7 @@ def test_the_watchdog_pings_only_while_the_check_finds_nothing_wrong(path_socket
 
     stop = threading.Event()
     watchdog = Watchdog(Notifier(path_socket.address), 0.02, check, stop)
-    with caplog.at_level(logging.INFO, logger="monitor.notify"):
+    with caplog.at_level(logging.INFO, logger="monitor.service.notify"):
         watchdog.start()
         wait_for(lambda: len(path_socket.with_field("WATCHDOG=1")) >= 3, what="pings")
 
@@ -243,7 +243,7 @@ def test_a_check_that_raises_counts_as_a_problem(path_socket, caplog):
         raise RuntimeError("boom")
 
     stop = threading.Event()
-    with caplog.at_level(logging.ERROR, logger="monitor.notify"):
+    with caplog.at_level(logging.ERROR, logger="monitor.service.notify"):
         Watchdog(Notifier(path_socket.address), 0.02, broken, stop).start()
         wait_for(lambda: "not pinging" in caplog.text, what="the problem to be logged")
         stop.set()

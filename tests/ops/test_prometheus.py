@@ -31,8 +31,8 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.model import KNOWN_STATES
-from monitor.simulator import FastLaunchSimulator
+from monitor.core.model import KNOWN_STATES
+from monitor.demo.simulator import FastLaunchSimulator
 from tests.alerts.receivers import Receiver
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import ACCOUNT, REGION, TARGET, DaemonProcess, wait_for

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor.errors import ConfigError
-from monitor.settings import parse_settings
-from monitor.simulator import SimulatorServer
+from monitor.config.settings import parse_settings
+from monitor.core.errors import ConfigError
+from monitor.demo.simulator import SimulatorServer
 from tests.alerts.receivers import Receiver
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import ACCOUNT, REGION, TARGET, DaemonProcess, wait_for, write_config
@@ -120,7 +120,7 @@ def test_a_new_log_level_takes_effect(sim, start_daemon, rewrite):
     rewrite(monitor='interval = "1s"\njitter = "0"\nlog_level = "debug"')
     reload(daemon)
     wait_for(
-        lambda: daemon.scrape() and "DEBUG monitor.http" in daemon.stderr(),
+        lambda: daemon.scrape() and "DEBUG monitor.exposition.http" in daemon.stderr(),
         what="a scrape logged at DEBUG",
     )
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.durations import parse_duration
-from monitor.http import MAX_CONNECTIONS
+from monitor.core.durations import parse_duration
+from monitor.exposition.http import MAX_CONNECTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "fastlaunch-monitor.service"

@@ -11,7 +11,7 @@ import pytest
 from botocore.config import Config
 from moto import mock_aws
 
-from monitor.simulator import (
+from monitor.demo.simulator import (
     FastLaunchSimulator,
     ManualClock,
     SimulatorServer,

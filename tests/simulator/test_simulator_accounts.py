@@ -6,7 +6,7 @@ from typing import Any
 
 from moto import mock_aws
 
-from monitor.simulator import FastLaunchSimulator, ManualClock, install, simulator_for
+from monitor.demo.simulator import FastLaunchSimulator, ManualClock, install, simulator_for
 
 OTHER_ACCOUNT = "222222222222"
 

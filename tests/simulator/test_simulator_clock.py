@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from monitor.simulator import ManualClock, RealTimeClock, shared_clock, use_clock
+from monitor.demo.simulator import ManualClock, RealTimeClock, shared_clock, use_clock
 
 START = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from monitor.simulator import FastLaunchSimulator, ManualClock, seed_demo
-from monitor.simulator.demo import DEMO_SECONDS
+from monitor.demo.simulator import FastLaunchSimulator, ManualClock, seed_demo
+from monitor.demo.simulator.demo import DEMO_SECONDS
 
 
 def test_the_demo_walks_its_images_through_their_stories(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from monitor.simulator import FastLaunchSimulator, ManualClock
+from monitor.demo.simulator import FastLaunchSimulator, ManualClock
 
 
 def describe_all(ec2: Any, **kwargs: Any) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, PaginationError
 from botocore.parsers import ResponseParserError
 
-from monitor.simulator import FastLaunchSimulator
+from monitor.demo.simulator import FastLaunchSimulator
 
 
 def test_throttling_answers_the_next_calls_with_request_limit_exceeded_and_503(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from monitor.simulator import (
+from monitor.demo.simulator import (
     Ec2Error,
     FastLaunchSimulator,
     LaunchTemplateRef,

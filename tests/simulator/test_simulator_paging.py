@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.simulator.paging import decode_token, encode_token, query_fingerprint
-from monitor.simulator.wire import Ec2Error
+from monitor.demo.simulator.paging import decode_token, encode_token, query_fingerprint
+from monitor.demo.simulator.wire import Ec2Error
 
 QUERY = query_fingerprint(["ami-2", "ami-1"], [("state", ["enabled"])])
 

@@ -9,7 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.parsers import ResponseParserError
 
-from monitor.simulator import ManualClock, SimulatorServer, simulator_for
+from monitor.demo.simulator import ManualClock, SimulatorServer, simulator_for
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from monitor.simulator.table import FastLaunchTable, SimulatedImage, to_millis
+from monitor.demo.simulator.table import FastLaunchTable, SimulatedImage, to_millis
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 

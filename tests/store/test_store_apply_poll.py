@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, func, select
 
-from monitor.model import REMOVED, FastLaunchImage, PollResult, Scope
+from monitor.core.model import REMOVED, FastLaunchImage, PollResult, Scope
 from monitor.store import Store
 from monitor.store.schema import history, images, polls
 

@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy
 from sqlalchemy import Engine, event, func, make_url, select
 
-from monitor.errors import StoreError
-from monitor.model import FastLaunchImage, PollResult, Scope
+from monitor.core.errors import StoreError
+from monitor.core.model import FastLaunchImage, PollResult, Scope
 from monitor.store import Store, create_engine_for, describe_url, upgrade
 from monitor.store.schema import polls
 from tests.builders import an_image

@@ -10,8 +10,8 @@ from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, Text, func, inspect, select, text
 
-from monitor.errors import SchemaBehindError, StoreError
-from monitor.model import FastLaunchImage, PollResult, Scope
+from monitor.core.errors import SchemaBehindError, StoreError
+from monitor.core.model import FastLaunchImage, PollResult, Scope
 from monitor.store import (
     Store,
     create_engine_for,

@@ -8,11 +8,11 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import Engine, func, select
 
+from monitor.alerts.outbox import DELIVERED, FAILED, RETRY, Outbox, insert_alerts
 from monitor.alerts.records import DeliveryOutcome
 from monitor.alerts.rules import AlertEvent, AlertKey, Receiver, alert_policy
-from monitor.model import FAILED_STATES, FastLaunchImage, PollResult, Scope
+from monitor.core.model import FAILED_STATES, FastLaunchImage, PollResult, Scope
 from monitor.store import Store, create_engine_for, upgrade
-from monitor.store.outbox import DELIVERED, FAILED, RETRY, Outbox, insert_alerts
 from monitor.store.schema import alert_attempts, alert_outbox
 from tests.builders import T0, an_image
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, event, func, insert, select
 
+from monitor.alerts.outbox import DELIVERED, Outbox
 from monitor.alerts.records import DeliveryOutcome
 from monitor.alerts.rules import Receiver, alert_policy
-from monitor.model import FAILED_STATES, FastLaunchImage, PollResult, Scope
+from monitor.core.model import FAILED_STATES, FastLaunchImage, PollResult, Scope
 from monitor.store import Store, create_engine_for, upgrade
 from monitor.store import retention as retention_module
-from monitor.store.outbox import DELIVERED, Outbox
 from monitor.store.retention import Retention, prune, vacuum
 from monitor.store.schema import alert_attempts, alert_outbox, history, images, polls
 from tests.builders import an_image
