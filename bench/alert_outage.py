@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from monitor.alerts.dispatcher import Dispatcher
-from monitor.alerts.outbox import Outbox
+from monitor.alerts.outbox import Outbox, alert_writer
 from monitor.alerts.records import DeliveryOutcome, WebhookRequest
 from monitor.alerts.rules import Receiver, alert_policy
 from monitor.config.settings import WebhookSettings
@@ -77,7 +77,7 @@ def one_run(folder: Path, outage: float, seed: int) -> float:
     clock = Clock()
     outage_ends = T0 + timedelta(seconds=outage)
     sender = OutageSender(clock, outage_ends)
-    Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 0)).apply_poll(
+    Store(engine, alert_writer(alert_policy([Receiver("ops", FAILED_STATES)], 0))).apply_poll(
         PollResult(Scope("prod", "111111111111", "us-east-1"), T0, 0.1, 1, (FAILED,)), T0
     )
     outbox = Outbox(engine)

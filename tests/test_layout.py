@@ -10,11 +10,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "monitor"
 #: The packages in the order data flows through them; `cli` and the root come last.
 ORDER = ("core", "config", "aws", "store", "exposition", "alerts", "poll", "service", "demo")
 
-#: Imports that still run back up, each to be removed (the store still writes the alerts'
-#: outbox in a poll's transaction itself).
-KNOWN_BACK_UP = {("store", "alerts")}
-
-
 def _package_of(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "monitor" or len(parts) < 2:
@@ -61,7 +56,7 @@ def test_no_package_imports_one_that_comes_after_it() -> None:
         for importer, imported in _imports()
         if ORDER.index(imported) > ORDER.index(importer)
     }
-    assert back_up == KNOWN_BACK_UP
+    assert back_up == set()
 
 
 def test_every_package_says_what_it_owns() -> None:

@@ -11,7 +11,7 @@ overwrite the outcome of the one that took over.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,9 +31,10 @@ from sqlalchemy import (
 )
 
 from monitor.alerts.records import DeliveryOutcome, OutboxEntry
-from monitor.alerts.rules import FIRING, RESOLVED, AlertEvent
-from monitor.core.model import Scope
+from monitor.alerts.rules import FIRING, RESOLVED, AlertEvent, AlertPolicy
+from monitor.core.model import FastLaunchImage, ImageDiff, Scope
 from monitor.store.engine import database_errors, dialect_insert, write_transaction
+from monitor.store.repository import OnApplied
 from monitor.store.schema import alert_attempts, alert_outbox, disabled_receivers
 
 DELIVERED = "delivered"
@@ -145,6 +146,25 @@ def _paired(connection: Connection, events: Sequence[AlertEvent]) -> list[AlertE
         # Else this alert fired and is still open (a stuck image is seen stuck at every poll):
         # it is in the outbox already, and its Alertmanager re-sends must go on.
     return paired
+
+
+def alert_writer(policy: AlertPolicy) -> OnApplied:
+    """What `Store.apply_poll` calls in a poll's transaction: the alerts `policy` gives for
+    the poll, enqueued."""
+
+    def write(
+        connection: Connection,
+        scope: Scope,
+        previous: Mapping[str, FastLaunchImage],
+        diff: ImageDiff,
+        current: Sequence[FastLaunchImage],
+        observed_at: datetime,
+    ) -> None:
+        events = policy(scope, previous, diff, current, observed_at)
+        if events:
+            insert_alerts(connection, events, observed_at)
+
+    return write
 
 
 def insert_alerts(connection: Connection, events: Sequence[AlertEvent], now: datetime) -> None:

@@ -238,12 +238,15 @@ def alerts_for_poll(
     return events
 
 
-def alert_policy(
-    receivers: Sequence[Receiver], stuck_after: float
-) -> Callable[
+#: Which alerts a poll causes: given the scope, its stored images before the poll, the diff,
+#: the poll's images and the observation time (`alerts_for_poll` with its receivers bound).
+AlertPolicy = Callable[
     [Scope, Mapping[str, FastLaunchImage], ImageDiff, Sequence[FastLaunchImage], datetime],
     list[AlertEvent],
-]:
+]
+
+
+def alert_policy(receivers: Sequence[Receiver], stuck_after: float) -> AlertPolicy:
     """The store's alert policy for these receivers: `alerts_for_poll` with them bound."""
 
     def policy(

@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from sqlalchemy import Engine
 
 from monitor.alerts.dispatcher import Dispatcher
-from monitor.alerts.outbox import Outbox
+from monitor.alerts.outbox import Outbox, alert_writer
 from monitor.alerts.rules import Receiver, alert_policy
 from monitor.aws.poll_processes import PollProcesses
 from monitor.aws.sessions import BaseSessions, Source, TargetSource
@@ -50,7 +50,7 @@ from monitor.service.preflight import preflight
 from monitor.store import Store, create_engine_for, ensure_schema_current, upgrade
 from monitor.store.guard import DatabaseFile, SqliteGuard, acquire_sqlite_guard
 from monitor.store.leader import Leadership, leadership_for
-from monitor.store.repository import AlertPolicy
+from monitor.store.repository import OnApplied
 from monitor.store.retention import Pruned, prune, retention_of
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,11 @@ def build_sources(settings: Settings) -> list[TargetSource]:
     ]
 
 
-def _alert_policy(settings: Settings) -> AlertPolicy | None:
+def _alert_writer(settings: Settings) -> OnApplied | None:
     receivers = [Receiver(w.name, w.states, w.send_resolved) for w in settings.webhooks]
-    return alert_policy(receivers, settings.monitor.stuck_after) if receivers else None
+    if not receivers:
+        return None
+    return alert_writer(alert_policy(receivers, settings.monitor.stuck_after))
 
 
 def _dispatcher(
@@ -197,7 +199,7 @@ def open_runtime(
     )
     try:
         upgrade(engine)
-        store = Store(engine, _alert_policy(settings))
+        store = Store(engine, _alert_writer(settings))
         outbox = Outbox(engine)
         if guard is not None and guard.held:
             # No other daemon uses this file: any lease left is a dead process's; its alerts
@@ -733,7 +735,7 @@ class Daemon:
         settings = replace(settings, database=running.database, http=running.http)
         sources = build_sources(settings)
         dispatcher = _dispatcher(settings, rt.outbox, rt.metrics, rt.clock, rt.stop)
-        store = Store(rt.engine, _alert_policy(settings))
+        store = Store(rt.engine, _alert_writer(settings))
         cycle = _cycle(settings, sources, store, rt.current, rt.metrics, rt.clock, rt.stop)
         kept = set(cycle.expected)
         with self._lock:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, bindparam, delete, func, insert, select, text
 
-from monitor.alerts.outbox import insert_alerts
 from monitor.aws.normalise import to_utc
 from monitor.core.diff import diff_images
 from monitor.core.model import (
@@ -30,9 +29,6 @@ from monitor.core.model import (
 )
 from monitor.store.engine import database_errors, dialect_insert, write_transaction
 from monitor.store.schema import history, images, polls
-
-if TYPE_CHECKING:
-    from monitor.alerts.rules import AlertEvent
 
 # The columns that make up a FastLaunchImage, in the order of its fields after image_id.
 _IMAGE_COLUMNS = (
@@ -55,12 +51,19 @@ _IMAGE_KEY = (images.c.account_id, images.c.region, images.c.image_id)
 UNKNOWN_ERROR = "UnknownError"
 
 
-#: Decides which alerts a poll causes (see `monitor.alerts.rules.alerts_for_poll`): given the
-#: scope, its stored images before the poll, the diff, the poll's images and the observation
-#: time. Called inside the poll's transaction, so alerts exist exactly when their transitions do.
-AlertPolicy = Callable[
-    [Scope, Mapping[str, FastLaunchImage], ImageDiff, Sequence[FastLaunchImage], datetime],
-    Sequence["AlertEvent"],
+#: Writes what else a poll causes in the poll's own transaction (the alerts' outbox), so it
+#: exists exactly when the poll's transitions do: given the connection, the scope, its stored
+#: images before the poll, the diff, the poll's images and the observation time.
+OnApplied = Callable[
+    [
+        Connection,
+        Scope,
+        Mapping[str, FastLaunchImage],
+        ImageDiff,
+        Sequence[FastLaunchImage],
+        datetime,
+    ],
+    None,
 ]
 
 
@@ -71,9 +74,9 @@ class Store:
     Safe to share between threads: each call takes its own connection from the engine's pool.
     """
 
-    def __init__(self, engine: Engine, alert_policy: AlertPolicy | None = None) -> None:
+    def __init__(self, engine: Engine, on_applied: OnApplied | None = None) -> None:
         self._engine = engine
-        self._alert_policy = alert_policy
+        self._on_applied = on_applied
 
     def apply_poll(self, result: PollResult, observed_at: datetime) -> AppliedPoll:
         """Record one poll of one scope, and what it changed, in one transaction.
@@ -98,10 +101,8 @@ class Store:
                 _insert_history(connection, scope, diff.transitions, observed_at, poll_id)
             if diff.upserts:
                 _upsert_images(connection, scope, diff.upserts, observed_at)
-            if self._alert_policy is not None:
-                events = self._alert_policy(scope, previous, diff, result.images, observed_at)
-                if events:
-                    insert_alerts(connection, events, observed_at)
+            if self._on_applied is not None:
+                self._on_applied(connection, scope, previous, diff, result.images, observed_at)
             if diff.removed:
                 connection.execute(
                     delete(images).where(

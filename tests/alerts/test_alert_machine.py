@@ -60,7 +60,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select
 
 from monitor.alerts.dispatcher import BACKOFF_FIRST, GIVE_UP_AFTER, LEASE_SECONDS, Dispatcher
-from monitor.alerts.outbox import DELIVERED, RETRY, Outbox
+from monitor.alerts.outbox import DELIVERED, RETRY, Outbox, alert_writer
 from monitor.alerts.outbox import FAILED as GAVE_UP
 from monitor.alerts.records import DeliveryOutcome, WebhookRequest
 from monitor.alerts.rules import FAILED, FIRING, RESOLVED, STUCK, Receiver, alert_policy
@@ -366,7 +366,9 @@ class AlertMachine(RuleBasedStateMachine):
 
     def _open(self, *, release: bool) -> None:
         self.engine = create_engine_for(f"sqlite:///{self._path}")
-        self.store = Store(self.engine, alert_policy(self.receivers, self.stuck_after))
+        self.store = Store(
+            self.engine, alert_writer(alert_policy(self.receivers, self.stuck_after))
+        )
         self.outbox = Outbox(self.engine)
         if release:
             self.outbox.release_all()

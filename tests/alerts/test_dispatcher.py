@@ -17,7 +17,7 @@ from monitor.alerts.dispatcher import (
     combine,
     fingerprint,
 )
-from monitor.alerts.outbox import Outbox
+from monitor.alerts.outbox import Outbox, alert_writer
 from monitor.alerts.records import DeliveryOutcome
 from monitor.alerts.rules import Receiver, alert_policy
 from monitor.config.settings import WebhookSettings
@@ -55,7 +55,9 @@ def world(tmp_path, receiver):
         def __init__(self) -> None:
             self.clock = clock
             self.receiver = receiver
-            self.store = Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 0))
+            self.store = Store(
+                engine, alert_writer(alert_policy([Receiver("ops", FAILED_STATES)], 0))
+            )
             self.outbox = Outbox(engine)
             self.registry: CollectorRegistry
             self.registry, self.metrics = build_registry(CurrentState())
@@ -262,7 +264,7 @@ def test_two_dispatchers_on_postgresql_never_deliver_one_alert_twice(postgres_ur
 
     engine = create_engine_for(postgres_url, pool_size=6)
     upgrade(engine)
-    store = Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 0))
+    store = Store(engine, alert_writer(alert_policy([Receiver("ops", FAILED_STATES)], 0)))
     images = [an_image("enabled-failed", image_id=f"ami-{n:03d}") for n in range(60)]
     store.apply_poll(PollResult(SCOPE, T0, 0.1, 1, tuple(images)), T0)
     hook = WebhookSettings(name="ops", urls=(receiver.url_for("/hook"),), timeout=5.0)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from monitor.alerts.dispatcher import Dispatcher
-from monitor.alerts.outbox import Outbox
+from monitor.alerts.outbox import Outbox, alert_writer
 from monitor.alerts.rules import Receiver as AlertReceiver
 from monitor.alerts.rules import alert_policy
 from monitor.config.settings import WebhookSettings
@@ -80,7 +80,9 @@ def deliver(tmp_path: Path, receiver: Receiver) -> Iterator[Callable[[str], Rece
 
     def send(secret: str) -> Received:
         receiver_name = f"ops-{len(dispatchers)}"
-        store = Store(engine, alert_policy([AlertReceiver(receiver_name, FAILED_STATES)], 0))
+        store = Store(
+            engine, alert_writer(alert_policy([AlertReceiver(receiver_name, FAILED_STATES)], 0))
+        )
         now = datetime.now(UTC)
         image = an_image("enabling-failed", now, image_id=f"ami-{len(dispatchers)}")
         store.apply_poll(PollResult(SCOPE, now, 0.1, 1, (image,)), now)

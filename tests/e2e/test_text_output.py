@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import pytest
 
+from monitor.alerts.outbox import alert_writer
 from monitor.alerts.rules import Receiver, alert_policy
 from monitor.core.model import FAILED_STATES, PollResult, Scope
 from monitor.demo.simulator import Ec2Error
@@ -47,7 +48,7 @@ def filled(tmp_path):
     config = write_config(tmp_path, "http://127.0.0.1:9", database_url)
     engine = create_engine_for(database_url)
     upgrade(engine)
-    store = Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 0))
+    store = Store(engine, alert_writer(alert_policy([Receiver("ops", FAILED_STATES)], 0)))
     now = utc_now()
     images = (
         an_image("enabling-failed", now, image_id=EVIL_ID, state_transition_reason=EVIL_REASON),

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import Engine, func, select
 
-from monitor.alerts.outbox import DELIVERED, FAILED, RETRY, Outbox, insert_alerts
+from monitor.alerts.outbox import DELIVERED, FAILED, RETRY, Outbox, alert_writer, insert_alerts
 from monitor.alerts.records import DeliveryOutcome
 from monitor.alerts.rules import AlertEvent, AlertKey, Receiver, alert_policy
 from monitor.core.model import FAILED_STATES, FastLaunchImage, PollResult, Scope
@@ -29,7 +29,7 @@ def a_poll(*found: FastLaunchImage, at: datetime = T0) -> PollResult:
 @pytest.fixture
 def alerting(engine: Engine) -> Store:
     policy = alert_policy([Receiver(name, FAILED_STATES) for name in RECEIVERS], 0)
-    return Store(engine, policy)
+    return Store(engine, alert_writer(policy))
 
 
 @pytest.fixture
@@ -223,7 +223,7 @@ def test_a_firing_of_an_alert_still_open_is_not_enqueued_again(engine):
 
 
 def test_a_stuck_alert_seen_stuck_again_keeps_its_alertmanager_re_sends(engine, outbox):
-    stuck = Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 7200))
+    stuck = Store(engine, alert_writer(alert_policy([Receiver("ops", FAILED_STATES)], 7200)))
     seen_stuck = T0 + timedelta(hours=3)
     stuck.apply_poll(a_poll(an_image("enabling", T0)), T0)
     stuck.apply_poll(a_poll(an_image("enabling", T0), at=seen_stuck), seen_stuck)
@@ -238,16 +238,18 @@ def test_a_stuck_alert_seen_stuck_again_keeps_its_alertmanager_re_sends(engine, 
 
 def test_a_failure_that_fired_for_no_receiver_is_not_resolved(engine):
     # The receiver only asked for `enabled-failed` after the image had failed.
-    before = Store(engine, alert_policy([Receiver("ops", frozenset({"enabling-failed"}))], 0))
+    before = Store(
+        engine, alert_writer(alert_policy([Receiver("ops", frozenset({"enabling-failed"}))], 0))
+    )
     before.apply_poll(a_poll(an_image("enabled-failed")), T0)
-    after = Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 0))
+    after = Store(engine, alert_writer(alert_policy([Receiver("ops", FAILED_STATES)], 0)))
     later = T0 + timedelta(minutes=1)
     after.apply_poll(a_poll(an_image("enabled", later), at=later), later)
     assert rows(engine) == 0
 
 
 def test_a_stuck_image_a_poll_saw_stuck_resolves_its_stuck_alert_when_it_moves_on(engine):
-    stuck = Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 7200))
+    stuck = Store(engine, alert_writer(alert_policy([Receiver("ops", FAILED_STATES)], 7200)))
     seen_stuck = T0 + timedelta(hours=3)
     stuck.apply_poll(a_poll(an_image("enabling", T0)), T0)
     stuck.apply_poll(a_poll(an_image("enabling", T0), at=seen_stuck), seen_stuck)
@@ -260,7 +262,7 @@ def test_a_stuck_image_a_poll_saw_stuck_resolves_its_stuck_alert_when_it_moves_o
 
 
 def test_an_image_stuck_only_between_two_polls_resolves_no_stuck_alert(engine):
-    stuck = Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 7200))
+    stuck = Store(engine, alert_writer(alert_policy([Receiver("ops", FAILED_STATES)], 7200)))
     stuck.apply_poll(a_poll(an_image("enabling", T0)), T0)
     moved_on = T0 + timedelta(hours=3)
     stuck.apply_poll(a_poll(an_image("enabled", moved_on), at=moved_on), moved_on)
@@ -326,7 +328,9 @@ def test_two_dispatchers_on_postgresql_never_claim_one_alert_twice(postgres_url)
     engine = create_engine_for(postgres_url, pool_size=8)
     upgrade(engine)
     receivers = [f"r{n}" for n in range(10)]
-    store = Store(engine, alert_policy([Receiver(r, FAILED_STATES) for r in receivers], 0))
+    store = Store(
+        engine, alert_writer(alert_policy([Receiver(r, FAILED_STATES) for r in receivers], 0))
+    )
     store.apply_poll(
         a_poll(*(an_image("enabled-failed", image_id=f"ami-{n}") for n in range(20))), T0
     )

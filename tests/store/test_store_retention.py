@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, event, func, insert, select
 
-from monitor.alerts.outbox import DELIVERED, Outbox
+from monitor.alerts.outbox import DELIVERED, Outbox, alert_writer
 from monitor.alerts.records import DeliveryOutcome
 from monitor.alerts.rules import Receiver, alert_policy
 from monitor.core.model import FAILED_STATES, FastLaunchImage, PollResult, Scope
@@ -389,7 +389,7 @@ def _deliver_everything(engine: Engine, now: datetime) -> None:
 def test_a_delivered_alert_of_a_still_failed_image_survives_and_does_not_fire_again(
     engine: Engine,
 ) -> None:
-    store = Store(engine, alert_policy([Receiver("ops", FAILED_STATES)], 0))
+    store = Store(engine, alert_writer(alert_policy([Receiver("ops", FAILED_STATES)], 0)))
     scope = Scope("prod", "123456789012", "eu-west-1")
     failed = an_image("enabled-failed", when=NOW - 200 * DAY)
 
