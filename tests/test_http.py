@@ -129,7 +129,7 @@ def test_metrics_serve_the_images_gauges_in_the_prometheus_text_format(monitor: 
 
 
 def test_metrics_follow_the_current_state_from_one_scrape_to_the_next(monitor: Monitor):
-    monitor.exposition.current.replace_scope(PROD, [image("ami-2", target_resource_count=7)])
+    monitor.current.replace_scope(PROD, [image("ami-2", target_resource_count=7)])
 
     reply = fetch(f"{monitor.server.url}/metrics")
 
@@ -140,7 +140,7 @@ def test_metrics_follow_the_current_state_from_one_scrape_to_the_next(monitor: M
 def test_a_failed_poll_keeps_serving_the_last_values(monitor: Monitor):
     failed = PollResult(PROD, CHANGED_AT, 20.0, 0, None, "RequestLimitExceeded", "throttled")
 
-    monitor.exposition.metrics.poll_finished(failed, [])
+    monitor.metrics.poll_finished(failed, [])
     reply = fetch(f"{monitor.server.url}/metrics")
 
     assert gauges(reply.body)[("fastlaunch_image_target_resources", "ami-2")] == 9
@@ -151,7 +151,7 @@ def test_a_failed_poll_keeps_serving_the_last_values(monitor: Monitor):
 
 
 def test_a_standby_serves_its_own_series_without_any_image(monitor: Monitor):
-    monitor.exposition.metrics.set_leader(False)
+    monitor.metrics.set_leader(False)
 
     reply = fetch(f"{monitor.server.url}/metrics")
 

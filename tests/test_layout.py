@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "monitor"
 #: The packages in the order data flows through them; `cli` and the root come last.
 ORDER = ("core", "config", "aws", "store", "exposition", "alerts", "poll", "service", "demo")
 
+
 def _package_of(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "monitor" or len(parts) < 2:
