@@ -6,12 +6,14 @@ import threading
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from monitor.core.model import FastLaunchImage, Scope, StoredImage
+from monitor.core.model import FastLaunchImage, PollResult, Scope, StoredImage
 from monitor.exposition.current import CurrentState
+from monitor.store import Store, create_engine_for, upgrade
 
 PROD_EU = Scope("prod", "111111111111", "eu-west-1")
 PROD_US = Scope("prod", "111111111111", "us-east-1")
 TEST_EU = Scope("test", "222222222222", "eu-west-1")
+T = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
 def image(image_id: str, **changes: object) -> FastLaunchImage:
@@ -89,12 +91,19 @@ def test_a_snapshot_is_grouped_by_scope_and_ordered_by_image_id():
     ]
 
 
-def test_an_image_listed_twice_in_one_poll_keeps_its_last_record():
+def test_an_image_listed_twice_in_one_poll_keeps_its_first_record_as_the_store_does(tmp_path):
+    listed_twice = [image("ami-1"), image("ami-1", state="enabling")]
+    engine = create_engine_for(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    upgrade(engine)
+    store = Store(engine)
+    store.apply_poll(PollResult(PROD_EU, T, 0.1, 1, tuple(listed_twice)), T)
     current = CurrentState()
 
-    current.replace_scope(PROD_EU, [image("ami-1"), image("ami-1", state="enabling")])
+    current.replace_scope(PROD_EU, listed_twice)
 
-    assert [item.image.state for item in current.snapshot()] == ["enabling"]
+    assert [item.image.state for item in current.snapshot()] == ["enabled"]
+    assert current.snapshot() == tuple(store.current_images())
+    engine.dispose()
 
 
 def test_loading_replaces_everything_with_the_stored_images():

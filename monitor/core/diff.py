@@ -14,6 +14,18 @@ from datetime import datetime
 from monitor.core.model import REMOVED, FastLaunchImage, ImageDiff, Transition
 
 
+def first_of_each(images: Iterable[FastLaunchImage]) -> dict[str, FastLaunchImage]:
+    """Each image id's first record, in the order listed.
+
+    AWS never lists an image twice; should a broken page do so, the first record wins — in the
+    store and in the exposition alike, since both take them from here.
+    """
+    unique: dict[str, FastLaunchImage] = {}
+    for image in images:
+        unique.setdefault(image.image_id, image)
+    return unique
+
+
 def diff_images(
     previous: Mapping[str, FastLaunchImage],
     current: Iterable[FastLaunchImage],
@@ -22,12 +34,8 @@ def diff_images(
     """Return what changed from `previous` (by image id) to the complete poll `current`."""
     transitions: list[Transition] = []
     upserts: list[FastLaunchImage] = []
-    seen: set[str] = set()
-    for image in current:
-        if image.image_id in seen:
-            # AWS never lists an image twice; if a broken page does, the first one wins.
-            continue
-        seen.add(image.image_id)
+    seen = first_of_each(current)
+    for image in seen.values():
         before = previous.get(image.image_id)
         if before == image:
             continue

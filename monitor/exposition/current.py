@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
+from monitor.core.diff import first_of_each
 from monitor.core.model import FastLaunchImage, Scope, StoredImage
 
 #: Told a scope's images each time they change; no images means the scope is gone.
@@ -42,7 +43,7 @@ class CurrentState:
     def replace_scope(self, scope: Scope, images: Iterable[FastLaunchImage]) -> None:
         """Make `images` the whole current state of `scope` (after a successful persisted poll).
 
-        Should a poll list an image id twice, the last record wins, as it does in the store.
+        Should a poll list an image id twice, the first record wins, as it does in the store.
         """
         self._replace({scope: _stored(scope, images)}, whole=False)
 
@@ -102,7 +103,7 @@ class CurrentState:
 
 
 def _stored(scope: Scope, images: Iterable[FastLaunchImage]) -> tuple[StoredImage, ...]:
-    by_id = {image.image_id: image for image in images}
+    by_id = first_of_each(images)
     return tuple(StoredImage(scope, by_id[image_id]) for image_id in sorted(by_id))
 
 
