@@ -35,7 +35,12 @@ from monitor.alerts.rules import FIRING, RESOLVED, AlertEvent, AlertPolicy
 from monitor.core.model import FastLaunchImage, ImageDiff, Scope
 from monitor.store.engine import database_errors, dialect_insert, write_transaction
 from monitor.store.repository import OnApplied
-from monitor.store.schema import alert_attempts, alert_outbox, disabled_receivers
+from monitor.store.schema import (
+    alert_attempts,
+    alert_outbox,
+    disabled_receivers,
+    same_alert_episode,
+)
 
 DELIVERED = "delivered"
 RETRY = "retry"
@@ -257,14 +262,7 @@ def _due(now: datetime, receivers: Collection[str]) -> Any:
     firing = _o.alias("firing")
     # A resolve waits for its firing: a receiver must never see them in the other order.
     firing_pending = exists().where(
-        firing.c.receiver == _o.c.receiver,
-        firing.c.account_id == _o.c.account_id,
-        firing.c.region == _o.c.region,
-        firing.c.image_id == _o.c.image_id,
-        firing.c.kind == _o.c.kind,
-        firing.c.state == _o.c.state,
-        firing.c.transition_time == _o.c.transition_time,
-        firing.c.episode == _o.c.episode,
+        same_alert_episode(firing, _o),
         firing.c.status == FIRING,
         firing.c.delivered_at.is_(None),
         firing.c.failed_at.is_(None),

@@ -35,7 +35,14 @@ from sqlalchemy import (
 )
 
 from monitor.store.engine import database_errors, write_transaction
-from monitor.store.schema import alert_attempts, alert_outbox, history, images, polls
+from monitor.store.schema import (
+    alert_attempts,
+    alert_outbox,
+    history,
+    images,
+    polls,
+    same_alert_episode,
+)
 
 if TYPE_CHECKING:
     from monitor.config.settings import DatabaseSettings
@@ -269,17 +276,7 @@ def _finished(table: Any) -> Any:
 
 def _resolve_of(firing: Any, resolve: Any) -> Any:
     """`resolve` is the resolve row of the firing row `firing` (same alert and episode)."""
-    return and_(
-        resolve.c.status == "resolved",
-        resolve.c.receiver == firing.c.receiver,
-        resolve.c.account_id == firing.c.account_id,
-        resolve.c.region == firing.c.region,
-        resolve.c.image_id == firing.c.image_id,
-        resolve.c.kind == firing.c.kind,
-        resolve.c.state == firing.c.state,
-        resolve.c.transition_time == firing.c.transition_time,
-        resolve.c.episode == firing.c.episode,
-    )
+    return and_(resolve.c.status == "resolved", same_alert_episode(resolve, firing))
 
 
 class _AlertBatch:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     text,
 )
 from sqlalchemy.types import TypeDecorator, TypeEngine, UserDefinedType
@@ -166,6 +167,25 @@ history = Table(
     Index("ix_history_poll_id", "poll_id"),
 )
 
+#: What a firing and its resolve share: one alert (receiver, image, kind, state and since) in one
+#: episode.
+ALERT_EPISODE_KEY = (
+    "receiver",
+    "account_id",
+    "region",
+    "image_id",
+    "kind",
+    "state",
+    "transition_time",
+    "episode",
+)
+
+
+def same_alert_episode(one: Any, other: Any) -> Any:
+    """The condition that rows of `one` and `other` (outbox aliases) are of one alert episode."""
+    return and_(*(one.c[column] == other.c[column] for column in ALERT_EPISODE_KEY))
+
+
 alert_outbox = Table(
     "alert_outbox",
     metadata,
@@ -196,18 +216,7 @@ alert_outbox = Table(
     CheckConstraint("kind IN ('failed', 'stuck')", name="kind"),
     CheckConstraint("status IN ('firing', 'resolved')", name="status"),
     # One alert per receiver, transition and episode, whatever retries or races happen upstream.
-    UniqueConstraint(
-        "receiver",
-        "account_id",
-        "region",
-        "image_id",
-        "kind",
-        "state",
-        "transition_time",
-        "episode",
-        "status",
-        name="uq_alert_outbox_alert",
-    ),
+    UniqueConstraint(*ALERT_EPISODE_KEY, "status", name="uq_alert_outbox_alert"),
     # The dispatcher only ever looks for undelivered, unfailed rows that are due.
     Index(
         "ix_alert_outbox_due",
